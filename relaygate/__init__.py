@@ -1,0 +1,1 @@
+"""relaygate: a Twisted mail gateway for SMTP, IMAP and POP3."""

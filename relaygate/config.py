@@ -1,0 +1,484 @@
+"""Read relaygate's TOML configuration into frozen dataclasses.
+
+Every problem is reported as ``FILE: key: what is wrong`` (L{ConfigError}) before anything
+listens, so an operator sees the one line to fix instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+PROTOCOLS: Final = ("smtp", "imap", "pop3")
+LISTEN_TLS_MODES: Final = ("none", "starttls", "starttls-required", "implicit")
+BACKEND_TLS_MODES: Final = ("none", "opportunistic", "required", "implicit")
+SMTP_AUTH_METHODS: Final = ("none", "plain", "login", "cram-md5", "external")
+DEFAULT_SMTP_EXTENSIONS: Final = ("PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES")
+KNOWN_SMTP_EXTENSIONS: Final = DEFAULT_SMTP_EXTENSIONS + ("SMTPUTF8", "DSN")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already worded as ``FILE: key: what is wrong``."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A host (IP address or name) and a TCP port, as written ``host:port`` or ``[v6]:port``."""
+
+    host: str
+    port: int
+
+    @property
+    def is_ipv6(self) -> bool:
+        """True when the host is an IPv6 literal."""
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
+    """Parse ``host:port``, ``[v6]:port`` (or a bare host when C{default_port} is given).
+
+    @raise ValueError: with a short reason when C{text} is not an address.
+    """
+    text = text.strip()
+    port_text: str | None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError("missing ']' after the IPv6 address")
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected ':PORT' after ']'")
+        port_text = rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        raise ValueError("write IPv6 addresses as [ADDRESS]:PORT")
+    else:
+        host, port_text = text, None
+    if not host:
+        raise ValueError("missing host")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise ValueError(f"{host!r} is not a host name or address")
+    if port_text is None:
+        if default_port is None:
+            raise ValueError("missing ':PORT'")
+        return HostPort(host, default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{port_text!r} is not a port number (1-65535)")
+    return HostPort(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """C{[server]}: process-wide settings."""
+
+    name: str
+    workers: int = 1
+    idle_timeout: float = 300.0
+    connect_timeout: float = 10.0
+    session_timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """One C{[[listen]]} entry: a socket, its protocol and how TLS and PROXY apply to it."""
+
+    protocol: str
+    address: HostPort
+    tls: str = "none"
+    proxy_protocol: bool = False
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """C{[tls]}: the front door's certificates and client-certificate policy."""
+
+    certificate: str = ""
+    key: str = ""
+    client_ca: str = ""
+    verify_client: str = "off"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """C{[auth]}: the nginx-compatible auth_http service; absent means the embedded table."""
+
+    http: tuple[str, ...] = ()
+    timeout: float = 5.0
+    headers: tuple[tuple[str, str], ...] = ()
+    pass_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One C{[[route]]}: which backends serve a recipient (or login) domain."""
+
+    protocol: str
+    match: str
+    backends: tuple[HostPort, ...]
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    """C{[smtp]}: the SMTP front's behaviour and limits, and how it talks to backends."""
+
+    auth: tuple[str, ...] = ("none",)
+    xclient: bool = True
+    backend_tls: str = "none"
+    backend_ca: str = ""
+    max_message_size: int = 52428800
+    max_recipients: int = 100
+    greeting_delay: float = 0.0
+    extensions: tuple[str, ...] = DEFAULT_SMTP_EXTENSIONS
+    max_line_length: int = 2048
+    max_errors: int = 5
+    backend_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """C{[demo]}: the embedded demo backend that stores each message as a file."""
+
+    address: HostPort
+    directory: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, as read from one file."""
+
+    path: str
+    server: ServerConfig
+    listen: tuple[ListenConfig, ...]
+    tls: TLSConfig
+    auth: AuthConfig
+    routes: tuple[RouteConfig, ...]
+    smtp: SMTPConfig
+    demo: DemoConfig | None = None
+
+
+_MISSING: Any = object()
+
+
+class _Table:
+    """A TOML table being read: typed getters that report errors by key, and unknown keys."""
+
+    def __init__(self, file: str, prefix: str, data: dict[str, Any]) -> None:
+        self.file = file
+        self.prefix = prefix
+        self.data = data
+        self.used: set[str] = set()
+
+    def error(self, key: str, what: str) -> ConfigError:
+        """Build the error for C{key} in this table."""
+        return ConfigError(f"{self.file}: {self.prefix}{key}: {what}")
+
+    def _get(self, key: str, default: Any, kinds: tuple[type, ...], kind_name: str) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                raise self.error(key, "is required")
+            return default
+        value = self.data[key]
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise self.error(key, f"expected {kind_name}, got {value!r}")
+        return value
+
+    def string(self, key: str, default: str = _MISSING) -> str:
+        value: str = self._get(key, default, (str,), "a string")
+        if any(c in value for c in "\r\n\0"):
+            raise self.error(key, "must not contain CR, LF or NUL")
+        return value
+
+    def number(self, key: str, default: float = _MISSING, minimum: float = 0.0) -> float:
+        value = float(self._get(key, default, (int, float), "a number"))
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum:g}, got {value:g}")
+        return value
+
+    def integer(self, key: str, default: int = _MISSING, minimum: int = 0) -> int:
+        value: int = self._get(key, default, (int,), "an integer")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def boolean(self, key: str, default: bool = _MISSING) -> bool:
+        value: bool = self._get(key, default, (bool,), "true or false")
+        return value
+
+    def choice(self, key: str, choices: Sequence[str], default: str = _MISSING) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"expected one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def strings(self, key: str, default: Iterable[str] = _MISSING) -> tuple[str, ...]:
+        value = self._get(key, default, (list, tuple), "a list of strings")
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(key, f"expected a list of strings, got item {item!r}")
+            if any(c in item for c in "\r\n\0"):
+                raise self.error(key, "must not contain CR, LF or NUL")
+        return tuple(value)
+
+    def choices(
+        self, key: str, choices: Sequence[str], default: Iterable[str] = _MISSING
+    ) -> tuple[str, ...]:
+        values = self.strings(key, default)
+        for value in values:
+            if value not in choices:
+                raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+        return values
+
+    def address(self, key: str, default: HostPort = _MISSING) -> HostPort:
+        if key not in self.data and default is not _MISSING:
+            self.used.add(key)
+            return default
+        text = self.string(key)
+        try:
+            return parse_host_port(text)
+        except ValueError as e:
+            raise self.error(key, f"{text!r}: {e}") from None
+
+    def table(self, key: str) -> _Table:
+        value = self._get(key, {}, (dict,), "a table")
+        return _Table(self.file, f"{self.prefix}{key}.", value)
+
+    def tables(self, key: str) -> list[_Table]:
+        value = self._get(key, [], (list,), "an array of tables ([[" + key + "]])")
+        result = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.error(key, f"expected [[{key}]] tables, got {item!r}")
+            result.append(_Table(self.file, f"{self.prefix}{key}[{index}].", item))
+        return result
+
+    def path(self, key: str, base: str, default: str = "") -> str:
+        """A file path, relative to the config file's directory, that must exist if set."""
+        value = self.string(key, default)
+        if not value or value == "system":
+            return value
+        full = os.path.join(base, value)
+        if not os.path.exists(full):
+            raise self.error(key, f"{value!r} does not exist")
+        return full
+
+    def finish(self) -> None:
+        """Refuse keys this table does not know (a typo must not be silently ignored)."""
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _read_server(t: _Table) -> ServerConfig:
+    workers_raw = t.data.get("workers", 1)
+    t.used.add("workers")
+    if workers_raw == "auto":
+        workers = os.cpu_count() or 1
+    elif isinstance(workers_raw, int) and not isinstance(workers_raw, bool) and workers_raw >= 1:
+        workers = workers_raw
+    else:
+        raise t.error("workers", f'expected a number of processes or "auto", got {workers_raw!r}')
+    if workers != 1:
+        raise t.error("workers", "only 1 is supported by this version")
+    server = ServerConfig(
+        name=t.string("name", socket.getfqdn() or "localhost"),
+        workers=workers,
+        idle_timeout=t.number("idle_timeout", 300.0, minimum=0.001),
+        connect_timeout=t.number("connect_timeout", 10.0, minimum=0.001),
+        session_timeout=t.number("session_timeout", 3600.0, minimum=0.001),
+    )
+    if not server.name or any(c.isspace() for c in server.name):
+        raise t.error("name", f"{server.name!r} is not a host name")
+    t.finish()
+    return server
+
+
+def _read_listen(t: _Table) -> ListenConfig:
+    listen = ListenConfig(
+        protocol=t.choice("protocol", PROTOCOLS),
+        address=t.address("address"),
+        tls=t.choice("tls", LISTEN_TLS_MODES, "none"),
+        proxy_protocol=t.boolean("proxy_protocol", False),
+    )
+    t.finish()
+    return listen
+
+
+def _read_tls(t: _Table, base: str) -> TLSConfig:
+    tls = TLSConfig(
+        certificate=t.path("certificate", base),
+        key=t.path("key", base),
+        client_ca=t.path("client_ca", base),
+        verify_client=t.choice("verify_client", ("off", "optional", "required"), "off"),
+    )
+    t.finish()
+    return tls
+
+
+def _read_auth(t: _Table) -> AuthConfig:
+    t.used.add("http")
+    raw = t.data.get("http", ())
+    urls = (raw,) if isinstance(raw, str) else t.strings("http", ())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise t.error("http", f"{url!r} is not an http:// or https:// URL")
+        if any(c in url for c in "\r\n\0 "):
+            raise t.error("http", f"{url!r} is not a URL")
+    headers_table = t.table("headers")
+    headers = []
+    for name in headers_table.data:
+        value = headers_table.string(name)
+        if not name or not all(c.isalnum() or c == "-" for c in name):
+            raise headers_table.error(name, "is not an HTTP header name")
+        headers.append((name, value))
+    auth = AuthConfig(
+        http=tuple(urls),
+        timeout=t.number("timeout", 5.0, minimum=0.001),
+        headers=tuple(headers),
+        pass_client_cert=t.boolean("pass_client_cert", False),
+    )
+    t.finish()
+    return auth
+
+
+def _read_route(t: _Table) -> RouteConfig:
+    protocol = t.choice("protocol", (*PROTOCOLS, "*"), "*")
+    match = t.string("match").lower()
+    if not match or any(c.isspace() or c in "@<>" for c in match):
+        raise t.error("match", f'{match!r} is not a domain or "*"')
+    backends_text = t.strings("backends")
+    if not backends_text:
+        raise t.error("backends", "needs at least one host:port")
+    backends = []
+    for text in backends_text:
+        try:
+            backends.append(parse_host_port(text))
+        except ValueError as e:
+            raise t.error("backends", f"{text!r}: {e}") from None
+    route = RouteConfig(protocol=protocol, match=match, backends=tuple(backends))
+    t.finish()
+    return route
+
+
+def _read_smtp(t: _Table, base: str) -> SMTPConfig:
+    smtp = SMTPConfig(
+        auth=t.choices("auth", SMTP_AUTH_METHODS, ("none",)),
+        xclient=t.boolean("xclient", True),
+        backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, "none"),
+        backend_ca=t.path("backend_ca", base),
+        max_message_size=t.integer("max_message_size", 52428800, minimum=1),
+        max_recipients=t.integer("max_recipients", 100, minimum=1),
+        greeting_delay=t.number("greeting_delay", 0.0),
+        extensions=tuple(
+            e.upper()
+            for e in t.strings("extensions", DEFAULT_SMTP_EXTENSIONS)
+        ),
+        max_line_length=t.integer("max_line_length", 2048, minimum=512),
+        max_errors=t.integer("max_errors", 5, minimum=1),
+        backend_timeout=t.number("backend_timeout", 300.0, minimum=0.001),
+    )
+    for extension in smtp.extensions:
+        if extension not in KNOWN_SMTP_EXTENSIONS:
+            raise t.error(
+                "extensions",
+                f"{extension!r} is not one of {', '.join(KNOWN_SMTP_EXTENSIONS)}",
+            )
+    if smtp.auth != ("none",):
+        raise t.error("auth", 'only ["none"] is supported by this version')
+    if smtp.backend_tls != "none":
+        raise t.error("backend_tls", 'only "none" is supported by this version')
+    if smtp.greeting_delay:
+        raise t.error("greeting_delay", "only 0 is supported by this version")
+    t.finish()
+    return smtp
+
+
+def _read_demo(t: _Table, base: str) -> DemoConfig | None:
+    if not t.data:
+        return None
+    demo = DemoConfig(
+        address=t.address("address"),
+        directory=os.path.join(base, t.string("directory", "var/demo-mail")),
+    )
+    t.finish()
+    return demo
+
+
+def parse(data: dict[str, Any], path: str) -> Config:
+    """Build a L{Config} from already-decoded TOML C{data} that came from C{path}."""
+    root = _Table(path, "", data)
+    base = os.path.dirname(os.path.abspath(path))
+    listen = tuple(_read_listen(t) for t in root.tables("listen"))
+    if not listen:
+        raise root.error("listen", "needs at least one [[listen]] entry")
+    seen: set[HostPort] = set()
+    for index, item in enumerate(listen):
+        if item.address in seen:
+            raise root.error(f"listen[{index}].address", f"{item.address} is listed twice")
+        seen.add(item.address)
+    config = Config(
+        path=path,
+        server=_read_server(root.table("server")),
+        listen=listen,
+        tls=_read_tls(root.table("tls"), base),
+        auth=_read_auth(root.table("auth")),
+        routes=tuple(_read_route(t) for t in root.tables("route")),
+        smtp=_read_smtp(root.table("smtp"), base),
+        demo=_read_demo(root.table("demo"), base),
+    )
+    root.finish()
+    _check_consistency(root, config)
+    return config
+
+
+def _check_consistency(root: _Table, config: Config) -> None:
+    """Cross-section rules: what one section needs from another."""
+    for index, listen in enumerate(config.listen):
+        if listen.tls != "none" and not config.tls.certificate:
+            raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")
+        if listen.tls != "none":
+            raise root.error(f"listen[{index}].tls", 'only "none" is supported by this version')
+        if listen.proxy_protocol:
+            raise root.error(
+                f"listen[{index}].proxy_protocol", "is not supported by this version"
+            )
+        if listen.protocol != "smtp":
+            raise root.error(
+                f"listen[{index}].protocol", f"{listen.protocol!r} is not supported yet"
+            )
+        if not config.auth.http and not any(
+            r.protocol in (listen.protocol, "*") for r in config.routes
+        ):
+            raise root.error(
+                f"listen[{index}].protocol",
+                f"no [auth] http and no [[route]] for {listen.protocol!r}: nothing to relay to",
+            )
+
+
+def load(path: str) -> Config:
+    """Read and check the TOML file at C{path}.
+
+    @raise ConfigError: for any problem, worded ``FILE: key: what is wrong``.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, path)

@@ -1,0 +1,56 @@
+"""Assemble the service tree: the router, one listening service per C{[[listen]]}, the demo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.protocol import Factory
+
+from relaygate.config import Config
+from relaygate.listeners import server_endpoint
+from relaygate.routing.router import Router
+
+FactoryMaker = Callable[[Config, Router, Any], Factory]
+
+
+def build_router(config: Config, reactor: Any, parent: MultiService) -> Router:
+    """The auth_http router when C{[auth] http} is set, else the embedded C{[[route]]} table."""
+    if config.auth.http:
+        from relaygate.routing.http import new_http_router
+
+        router, service = new_http_router(config.auth, reactor)
+        service.setServiceParent(parent)
+        return router
+    from relaygate.routing.table import TableRouter
+
+    return TableRouter(config.routes)
+
+
+def _smtp_factory(config: Config, router: Router, reactor: Any) -> Factory:
+    from relaygate.smtp.front import SMTPFrontFactory
+
+    return SMTPFrontFactory(config, router, reactor)
+
+
+FACTORIES: dict[str, FactoryMaker] = {
+    "smtp": _smtp_factory,
+}
+
+
+def build_service(config: Config, reactor: Any) -> MultiService:
+    """Everything twistd runs for C{config}, built on C{reactor}."""
+    top = MultiService()
+    if config.demo is not None:
+        from relaygate.demo import demo_service
+
+        demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
+    router = build_router(config, reactor, top)
+    for listen in config.listen:
+        factory = FACTORIES[listen.protocol](config, router, reactor)
+        service = StreamServerEndpointService(server_endpoint(listen, config, reactor), factory)
+        service._raiseSynchronously = True
+        service.setServiceParent(top)
+    return top

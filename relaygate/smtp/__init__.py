@@ -1,0 +1,1 @@
+"""The SMTP front session, the backend client and the DATA stream between them."""

@@ -1,0 +1,53 @@
+"""twistd ``relaygate``: command-line options and the service tree they build."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorCore
+from twisted.python import usage
+
+from relaygate.config import Config, ConfigError, load
+
+
+class Options(usage.Options):
+    """``twistd relaygate -c FILE [--check]``."""
+
+    synopsis = "[-c FILE] [--check]"
+    longdesc = (
+        "relaygate accepts SMTP (and IMAP/POP3) sessions, asks an nginx-compatible auth_http "
+        "service or its embedded route table which backend each belongs to, and relays the "
+        "session there. See docs/config.md for the configuration file."
+    )
+    optParameters = [
+        ["config", "c", "etc/relaygate.toml", "the TOML configuration file"],
+    ]
+    optFlags = [
+        ["check", None, "check the configuration file, print 'FILE: ok' and exit"],
+    ]
+
+    config: Config
+
+    def postOptions(self) -> None:
+        """Load the configuration now, so a bad file stops twistd before anything listens."""
+        try:
+            self.config = load(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["check"]:
+            sys.stdout.write(f"{self['config']}: ok\n")
+            sys.exit(0)
+
+
+def makeService(options: Options | dict[str, Any], reactor: IReactorCore | None = None) -> IService:
+    """Build the gateway's services from the loaded configuration."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor  # type: ignore[assignment]
+    from relaygate.service import build_service
+
+    config = options.config if isinstance(options, Options) else options["config"]
+    return build_service(config, reactor)

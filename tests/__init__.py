@@ -1,0 +1,1 @@
+"""relaygate tests (run with trial; not installed)."""
