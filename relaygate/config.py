@@ -19,7 +19,7 @@ LISTEN_TLS_MODES: Final = ("none", "starttls", "starttls-required", "implicit")
 BACKEND_TLS_MODES: Final = ("none", "opportunistic", "required", "implicit")
 SMTP_AUTH_METHODS: Final = ("none", "plain", "login", "cram-md5", "external")
 DEFAULT_SMTP_EXTENSIONS: Final = ("PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES")
-KNOWN_SMTP_EXTENSIONS: Final = DEFAULT_SMTP_EXTENSIONS + ("SMTPUTF8", "DSN")
+KNOWN_SMTP_EXTENSIONS: Final = (*DEFAULT_SMTP_EXTENSIONS, "SMTPUTF8", "DSN")
 
 
 class ConfigError(Exception):
@@ -269,7 +269,7 @@ class _Table:
         value = self.string(key, default)
         if not value or value == "system":
             return value
-        full = os.path.join(base, value)
+        full = os.path.normpath(os.path.join(base, value))
         if not os.path.exists(full):
             raise self.error(key, f"{value!r} does not exist")
         return full
@@ -381,10 +381,7 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
         max_message_size=t.integer("max_message_size", 52428800, minimum=1),
         max_recipients=t.integer("max_recipients", 100, minimum=1),
         greeting_delay=t.number("greeting_delay", 0.0),
-        extensions=tuple(
-            e.upper()
-            for e in t.strings("extensions", DEFAULT_SMTP_EXTENSIONS)
-        ),
+        extensions=tuple(e.upper() for e in t.strings("extensions", DEFAULT_SMTP_EXTENSIONS)),
         max_line_length=t.integer("max_line_length", 2048, minimum=512),
         max_errors=t.integer("max_errors", 5, minimum=1),
         backend_timeout=t.number("backend_timeout", 300.0, minimum=0.001),
@@ -410,7 +407,7 @@ def _read_demo(t: _Table, base: str) -> DemoConfig | None:
         return None
     demo = DemoConfig(
         address=t.address("address"),
-        directory=os.path.join(base, t.string("directory", "var/demo-mail")),
+        directory=os.path.normpath(os.path.join(base, t.string("directory", "var/demo-mail"))),
     )
     t.finish()
     return demo
@@ -451,9 +448,7 @@ def _check_consistency(root: _Table, config: Config) -> None:
         if listen.tls != "none":
             raise root.error(f"listen[{index}].tls", 'only "none" is supported by this version')
         if listen.proxy_protocol:
-            raise root.error(
-                f"listen[{index}].proxy_protocol", "is not supported by this version"
-            )
+            raise root.error(f"listen[{index}].proxy_protocol", "is not supported by this version")
         if listen.protocol != "smtp":
             raise root.error(
                 f"listen[{index}].protocol", f"{listen.protocol!r} is not supported yet"

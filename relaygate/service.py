@@ -9,11 +9,11 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.protocol import Factory
 
-from relaygate.config import Config
+from relaygate.config import Config, ListenConfig
 from relaygate.listeners import server_endpoint
 from relaygate.routing.router import Router
 
-FactoryMaker = Callable[[Config, Router, Any], Factory]
+FactoryMaker = Callable[[Config, ListenConfig, Router, Any], Factory]
 
 
 def build_router(config: Config, reactor: Any, parent: MultiService) -> Router:
@@ -29,10 +29,10 @@ def build_router(config: Config, reactor: Any, parent: MultiService) -> Router:
     return TableRouter(config.routes)
 
 
-def _smtp_factory(config: Config, router: Router, reactor: Any) -> Factory:
+def _smtp_factory(config: Config, listen: ListenConfig, router: Router, reactor: Any) -> Factory:
     from relaygate.smtp.front import SMTPFrontFactory
 
-    return SMTPFrontFactory(config, router, reactor)
+    return SMTPFrontFactory(config, listen, router, reactor)
 
 
 FACTORIES: dict[str, FactoryMaker] = {
@@ -49,7 +49,7 @@ def build_service(config: Config, reactor: Any) -> MultiService:
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
     router = build_router(config, reactor, top)
     for listen in config.listen:
-        factory = FACTORIES[listen.protocol](config, router, reactor)
+        factory = FACTORIES[listen.protocol](config, listen, router, reactor)
         service = StreamServerEndpointService(server_endpoint(listen, config, reactor), factory)
         service._raiseSynchronously = True
         service.setServiceParent(top)

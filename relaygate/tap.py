@@ -41,7 +41,9 @@ class Options(usage.Options):
             sys.exit(0)
 
 
-def makeService(options: Options | dict[str, Any], reactor: IReactorCore | None = None) -> IService:
+def makeService(
+    options: Options | dict[str, Any], reactor: IReactorCore | None = None
+) -> IService:
     """Build the gateway's services from the loaded configuration."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor

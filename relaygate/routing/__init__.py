@@ -1,1 +1,1 @@
-"""Where a session goes: the Router interface, nginx auth_http over treq, and the embedded table."""
+"""Where a session goes: the Router interface, nginx auth_http, and the embedded table."""

@@ -1,0 +1,304 @@
+"""The backend leg: an ESMTP client where each command yields one C{Deferred[Reply]}.
+
+Twisted's L{smtp.ESMTPClient} drives a fixed sender state table; a relay needs the opposite:
+the front decides each command as the client sends it. So this keeps ESMTPClient's reply parser
+(multi-line replies, bad-reply detection) and replaces the state table with a FIFO of waiters,
+which also makes RFC 2920 pipelining free: send several commands, await their replies in order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from relaygate.config import HostPort
+
+CONNECTION_DONE = Failure(net_error.ConnectionDone())
+
+
+class RelayTransport(Protocol):
+    """What the relay uses of a TCP (or TLS) transport beyond L{ITransport}."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: its code and its text lines (without the code prefix)."""
+
+    code: int
+    lines: tuple[bytes, ...] = (b"",)
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx reply."""
+        return 200 <= self.code < 300
+
+    @property
+    def text(self) -> bytes:
+        """The lines joined with LF, as L{smtp.SMTP.sendCode} takes them."""
+        return b"\n".join(self.lines)
+
+    def summary(self) -> str:
+        """The code and first line, for logs."""
+        return f"{self.code} {self.lines[0].decode('utf-8', 'replace')}"
+
+
+class BackendError(Exception):
+    """The backend leg failed: the message can't be relayed now (a temporary failure)."""
+
+
+class BackendLost(BackendError):
+    """The backend closed the connection or stopped answering."""
+
+
+class BackendUnreachable(BackendError):
+    """No backend of the route accepted a connection."""
+
+
+@dataclass
+class BackendInfo:
+    """What the front reports about the backend leg in its logs."""
+
+    address: str = ""
+    extensions: dict[bytes, bytes | None] = field(default_factory=dict)
+
+
+class BackendClient(smtp.ESMTPClient):
+    """An SMTP connection to a backend: C{command(line)} returns the reply to that line."""
+
+    _log = Logger()
+    debug = False
+
+    def __init__(self, identity: bytes, clock: IReactorTime, reply_timeout: float) -> None:
+        super().__init__(secret=None, identity=identity)
+        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        self._reply_timeout = reply_timeout
+        self._waiters: deque[Deferred[Reply]] = deque()
+        self._lost: Failure | None = None
+        self.greeting: Deferred[Reply] = Deferred()
+        self._waiters.append(self.greeting)
+        self.extensions: dict[bytes, bytes | None] = {}
+        self.info = BackendInfo()
+
+    @override
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        self.info.address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        set_no_delay(self.transport)
+        # Every code is "expected": the front, not a state table, decides what a reply means.
+        self._expected = range(0, 1000)  # type: ignore[assignment]
+        self._okresponse = self._failresponse = self._reply_received
+        self.setTimeout(self._reply_timeout)
+
+    def command(self, line: bytes) -> Deferred[Reply]:
+        """Send C{line} and return the Deferred of its reply (fails with L{BackendLost})."""
+        waiter: Deferred[Reply] = Deferred()
+        if self._lost is not None:
+            waiter.errback(BackendLost(f"backend connection closed: {self._lost.value}"))
+            return waiter
+        if not self._waiters:
+            self.setTimeout(self._reply_timeout)
+        self._waiters.append(waiter)
+        self.sendLine(line)
+        return waiter
+
+    def commands(self, lines: Sequence[bytes]) -> list[Deferred[Reply]]:
+        """Send C{lines} in one write (RFC 2920 pipelining) and return their reply Deferreds."""
+        waiters = []
+        for _ in lines:
+            waiter: Deferred[Reply] = Deferred()
+            if self._lost is not None:
+                waiter.errback(BackendLost("backend connection closed"))
+            else:
+                self._waiters.append(waiter)
+            waiters.append(waiter)
+        if self._lost is None:
+            self.setTimeout(self._reply_timeout)
+            assert self.transport is not None
+            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        return waiters
+
+    def expect_reply(self) -> Deferred[Reply]:
+        """The Deferred of the next reply that answers no command of ours (the final dot's)."""
+        waiter: Deferred[Reply] = Deferred()
+        if self._lost is not None:
+            waiter.errback(BackendLost("backend connection closed"))
+            return waiter
+        if not self._waiters:
+            self.setTimeout(self._reply_timeout)
+        self._waiters.append(waiter)
+        return waiter
+
+    def _reply_received(self, code: int, text: bytes) -> None:
+        if not self._waiters:
+            self._log.warn(
+                "backend {backend} sent an unsolicited reply {code}",
+                backend=self.info.address,
+                code=code,
+            )
+            return
+        waiter = self._waiters.popleft()
+        if not self._waiters:
+            self.setTimeout(None)
+        waiter.callback(Reply(code, tuple(text.split(b"\n"))))
+
+    def parse_extensions(self, reply: Reply) -> None:
+        """Remember the extensions an EHLO reply advertised (keyword upper-cased)."""
+        self.extensions = {}
+        for line in reply.lines[1:]:
+            keyword, _, params = line.partition(b" ")
+            self.extensions[keyword.upper()] = params or None
+        self.info.extensions = self.extensions
+
+    @override
+    def sendError(self, exc: Exception) -> None:
+        # Called by the reply parser for a line that is not an SMTP reply, and by timeouts.
+        self._log.warn(
+            "backend {backend} failed: {error}", backend=self.info.address, error=str(exc)
+        )
+        self._fail_all(Failure(BackendLost(str(exc))))
+        self.abort_transport()
+
+    @override
+    def timeoutConnection(self) -> None:
+        self.sendError(BackendLost("timed out waiting for the backend's reply"))
+
+    @override
+    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
+        super().connectionLost(reason)
+        self._fail_all(reason)
+
+    def _fail_all(self, reason: Failure) -> None:
+        if self._lost is None:
+            self._lost = reason
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            waiter.errback(BackendLost(f"backend connection closed: {reason.value}"))
+
+    @property
+    def is_open(self) -> bool:
+        """True while the connection can carry commands."""
+        return self._lost is None
+
+    def close(self) -> None:
+        """Say QUIT and close once the backend answers (or at once if it is gone)."""
+        if self._lost is not None or self.transport is None:
+            return
+        self.command(b"QUIT").addBoth(self._close_transport)
+
+    def _close_transport(self, _: object) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort_transport(self) -> None:
+        """Close the TCP connection at once, discarding what is unsent."""
+        if self.transport is not None:
+            self.raw_transport.abortConnection()
+
+    @property
+    def raw_transport(self) -> RelayTransport:
+        """The transport with the producer/consumer and abort methods the relay needs."""
+        transport: Any = self.transport
+        return transport  # type: ignore[no-any-return]
+
+    def abort(self) -> None:
+        """Drop the connection without a word: the backend discards an unfinished message."""
+        if self.transport is not None and self._lost is None:
+            self._fail_all(Failure(BackendLost("aborted by the gateway")))
+            self.abort_transport()
+
+
+class _OneClient(Factory):
+    """Hands one prepared client to an endpoint (like C{connectProtocol}, without its logging)."""
+
+    noisy = False
+
+    def __init__(self, client: BackendClient) -> None:
+        self._client = client
+
+    @override
+    def buildProtocol(self, addr: Any) -> BackendClient:
+        return self._client
+
+
+def set_no_delay(transport: Any) -> None:
+    """Turn off Nagle where the transport allows: replies and final dots must not wait for ACKs."""
+    set_it = getattr(transport, "setTcpNoDelay", None)
+    if set_it is not None:
+        try:
+            set_it(True)
+        except OSError:
+            pass
+
+
+def client_endpoint(reactor: Any, backend: HostPort, timeout: float) -> IStreamClientEndpoint:
+    """An endpoint for C{backend}: TCP for an IP literal, name resolution for a host name."""
+    try:
+        address = ipaddress.ip_address(backend.host)
+    except ValueError:
+        return HostnameEndpoint(
+            reactor, backend.host.encode("idna"), backend.port, timeout=timeout
+        )
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+
+
+async def connect_backend(
+    reactor: Any,
+    backends: Sequence[HostPort],
+    identity: bytes,
+    connect_timeout: float,
+    reply_timeout: float,
+) -> tuple[BackendClient, HostPort]:
+    """Connect to the first of C{backends} that accepts and greets with 2xx (failover in order).
+
+    @raise BackendUnreachable: when none does.
+    """
+    log = BackendClient._log
+    last = ""
+    for backend in backends:
+        client = BackendClient(identity, reactor, reply_timeout)
+        try:
+            await client_endpoint(reactor, backend, connect_timeout).connect(_OneClient(client))
+            greeting = await client.greeting
+        except CancelledError:
+            client.abort()
+            raise
+        except Exception as e:
+            client.abort()
+            last = f"{backend}: {e}"
+            log.warn("backend {backend} unavailable: {error}", backend=str(backend), error=str(e))
+            continue
+        if greeting.code != 220:
+            last = f"{backend}: greeted with {greeting.summary()}"
+            log.warn(
+                "backend {backend} refused the session: {reply}",
+                backend=str(backend),
+                reply=greeting.summary(),
+            )
+            client.abort()
+            continue
+        return client, backend
+    raise BackendUnreachable(last or "no backends")
