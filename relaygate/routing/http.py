@@ -1,0 +1,566 @@
+"""The nginx ``auth_http`` router: ask an HTTP service which backend serves a session.
+
+The request headers, their escaping and the reading of the answer follow nginx's
+``src/mail/ngx_mail_auth_http_module.c``, so an auth service written for nginx works unchanged.
+On top of that: one keep-alive connection pool, ``https://`` URLs, several URLs with failover, and
+HTTP 5xx treated as a temporary failure. ``docs/auth-http.md`` describes the protocol.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http.cookiejar import CookieJar
+from typing import Any, Final
+
+from hyperlink import EncodedURL
+from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
+from twisted.application.service import IService, Service
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import (
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from typing_extensions import override
+
+from relaygate.config import AuthConfig, HostPort
+from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
+
+# nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
+_AUTH_METHODS: Final[dict[str, bytes]] = {
+    "plain": b"plain",
+    "login": b"plain",
+    "login-username": b"plain",
+    "user": b"plain",
+    "apop": b"apop",
+    "cram-md5": b"cram-md5",
+    "external": b"external",
+    "none": b"none",
+}
+_PROTOCOLS: Final[dict[str, bytes]] = {"smtp": b"smtp", "imap": b"imap", "pop3": b"pop3"}
+# Methods after which nginx has no client password to log in with (it clears the APOP/CRAM-MD5
+# digest once Auth-Salt is sent), so an OK answer must carry Auth-Pass for IMAP and POP3.
+_NEEDS_AUTH_PASS: Final = frozenset((b"apop", b"cram-md5", b"external"))
+
+# NGX_ESCAPE_MAIL_AUTH (the "memcached" table in src/core/ngx_string.c): bytes 0x00-0x1F,
+# space and "%" become %XX with upper-case hex digits; everything else, UTF-8 too, is kept.
+_NEEDS_ESCAPE: Final = re.compile(rb"[\x00-\x20%]")
+_UNSAFE: Final = re.compile(rb"[\r\n\x00]")
+# Text shown to a client (Auth-Status) must not carry control characters either.
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DIGITS: Final = re.compile(rb"[0-9]+")
+_SMTP_CODE: Final = re.compile(rb"[2-5][0-9][0-9](?: [\x21-\x7e]+)*")
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+# Static headers that would change how the request is framed on the connection.
+_FRAMING_HEADERS: Final = frozenset(
+    ("content-length", "transfer-encoding", "connection", "expect", "upgrade")
+)
+
+_MAX_BODY: Final = 64 * 1024
+_MAX_VALUE: Final = 4096
+_MAX_MESSAGE: Final = 1024
+_MAX_WAITS: Final = 10
+_MAX_IDLE_CONNECTIONS: Final = 16
+
+
+def escape_auth_value(value: bytes) -> bytes:
+    """Escape C{value} as nginx does for ``Auth-User``, ``Auth-Pass`` and ``Auth-SSL-Cert``."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return _NEEDS_ESCAPE.sub(_percent, value)
+
+
+def _percent(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match[0][0]
+
+
+def parse_auth_server(text: str) -> str | None:
+    """The backend host in an ``Auth-Server`` value (IPv4, IPv6 or host name), or None if invalid.
+
+    nginx accepts only IP addresses here; a host name is relaygate's extension. An IPv6 address
+    may come with or without brackets and is returned without them.
+    """
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if ":" in text or len(text) > 253:
+        return None
+    labels = text.removesuffix(".").split(".")
+    # An all-digit last label would make "1.2.3" a name that resolvers read as an address.
+    if labels[-1].isdigit() or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return text
+
+
+class _PreparedURL(EncodedURL):
+    """A URL parsed and encoded once, whose C{to_uri} and C{to_text} cost nothing.
+
+    treq calls C{url.to_uri().to_text()} on every request; for our fixed URLs that is about
+    60 microseconds of IDNA checks per lookup, which the pre-computed text avoids.
+    """
+
+    _text: str
+
+    @classmethod
+    def prepare(cls, text: str) -> _PreparedURL:
+        """Parse C{text} once; raise C{ValueError} if it is not an http(s) URL with a host."""
+        uri = EncodedURL.from_text(text).to_uri()
+        if uri.scheme not in ("http", "https") or not uri.host:
+            raise ValueError(f"{text!r} is not an http:// or https:// URL")
+        prepared = cls(
+            scheme=uri.scheme,
+            host=uri.host,
+            path=uri.path or ("",),
+            query=uri.query,
+            fragment=uri.fragment,
+            port=uri.port,
+            rooted=True,
+            userinfo=uri.userinfo,
+            uses_netloc=True,
+        )
+        prepared._text = EncodedURL.to_text(prepared, with_password=True)
+        return prepared
+
+    @override
+    def to_uri(self) -> _PreparedURL:
+        return self
+
+    @override
+    def to_text(self, with_password: bool = False) -> str:
+        return self._text
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One configured auth URL, with everything a request to it needs computed up front."""
+
+    url: _PreparedURL
+    text: str
+    host: bytes
+
+
+def _target(text: str, host_override: bytes | None) -> _Target:
+    url = _PreparedURL.prepare(text)
+    # nginx sends the URL's host without the port (ngx_parse_url's u.host).
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return _Target(url=url, text=text, host=host_override or host.encode("ascii"))
+
+
+class _UnsendableError(Exception):
+    """A request header would carry CR, LF or NUL, or a value nginx has no header text for."""
+
+    def __init__(self, header: str, value: object) -> None:
+        super().__init__(header)
+        self.header = header
+        self.value = value
+
+
+class _InvalidAnswerError(Exception):
+    """The auth service answered, but not with something relaygate can act on."""
+
+    def __init__(self, problem: str, header: str = "", value: bytes = b"") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.header = header
+        self.value = value
+
+
+class _BodyDiscarder(Protocol):
+    """Read and drop a response body (nginx ignores it) so the connection can serve again.
+
+    A body longer than C{limit} is not worth reading: the connection is dropped instead.
+    """
+
+    def __init__(self, done: Deferred[None], limit: int) -> None:
+        self._done = done
+        self._left = limit
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self._left -= len(data)
+        if self._left < 0 and self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # The answer is in the headers; how the body ended does not change it.
+        if not self._done.called:
+            self._done.callback(None)
+
+
+class HTTPRouter:
+    """Ask an nginx-compatible ``auth_http`` service, trying the configured URLs in order.
+
+    Connection failures, timeouts, unparseable responses and HTTP 5xx move on to the next URL;
+    when none is left the lookup fails with L{RouterUnavailable}. An answer that parses but makes
+    no sense (no Auth-Status, a bad Auth-Port ...) fails at once, as in nginx.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: AuthConfig, client: HTTPClient, clock: IReactorTime) -> None:
+        if not config.http:
+            raise ValueError("HTTPRouter needs at least one [auth] http URL")
+        self._client = client
+        self._clock = clock
+        self._timeout = config.timeout
+        self._pass_client_cert = config.pass_client_cert
+        host_override: bytes | None = None
+        static: list[tuple[bytes, bytes]] = []
+        for name, value in config.headers:
+            lowered = name.lower()
+            if lowered == "host":
+                # One Host header only: a configured one replaces the URL's host.
+                host_override = value.encode("utf-8")
+            elif lowered in _FRAMING_HEADERS:
+                raise ValueError(f"[auth] headers: {name} would break the HTTP request")
+            else:
+                static.append((name.encode("ascii"), value.encode("utf-8")))
+        self._static = tuple(static)
+        self._targets = tuple(_target(url, host_override) for url in config.http)
+        # Passed as treq's per-request cookies so it does not build an empty jar every time.
+        self._no_cookies = CookieJar()
+
+    def lookup(self, request: AuthRequest) -> Deferred[Decision]:
+        """Ask the auth service about C{request}; L{RouterUnavailable} if it cannot say."""
+        try:
+            headers = self._request_headers(request)
+        except _UnsendableError as e:
+            self._log.error(
+                "auth_http request not sent: {header} would carry {value!r}",
+                header=e.header,
+                value=e.value,
+                problem="unsendable",
+            )
+            return fail(RouterUnavailable(f"auth_http: {e.header} cannot be sent"))
+        return Deferred.fromCoroutine(self._lookup(headers, request))
+
+    def _request_headers(self, request: AuthRequest) -> Headers:
+        """The request headers, in nginx's order (ngx_mail_auth_http_create_request)."""
+        method = _AUTH_METHODS.get(request.method)
+        if method is None:
+            raise _UnsendableError("Auth-Method", request.method)
+        protocol = _PROTOCOLS.get(request.protocol)
+        if protocol is None:
+            raise _UnsendableError("Auth-Protocol", request.protocol)
+        # Values that are not escaped must be checked for CR, LF and NUL.
+        checked: list[tuple[bytes, bytes]] = []
+        if request.salt and method in (b"apop", b"cram-md5"):
+            # nginx keeps the challenge's CRLF in the salt and sends it as the line end.
+            checked.append((b"Auth-Salt", request.salt.removesuffix(b"\r\n")))
+        checked.append((b"Client-IP", request.client_ip.encode("ascii", "replace")))
+        if request.client_host:
+            checked.append((b"Client-Host", request.client_host.encode("utf-8")))
+        proxy = request.proxy
+        if proxy is not None:
+            checked += (
+                (b"Proxy-Protocol-Addr", proxy.addr.encode("ascii", "replace")),
+                (b"Proxy-Protocol-Port", b"%d" % proxy.port),
+                (b"Proxy-Protocol-Server-Addr", proxy.server_addr.encode("ascii", "replace")),
+                (b"Proxy-Protocol-Server-Port", b"%d" % proxy.server_port),
+            )
+        if method == b"none":
+            checked += (
+                (b"Auth-SMTP-Helo", request.helo),
+                (b"Auth-SMTP-From", request.mail_from),
+                (b"Auth-SMTP-To", request.rcpt_to),
+            )
+        tls = request.tls
+        if tls is not None:
+            checked.append((b"Auth-SSL", b"on"))
+            for name, text in (
+                (b"Auth-SSL-Protocol", tls.protocol),
+                (b"Auth-SSL-Cipher", tls.cipher),
+                (b"Auth-SSL-Verify", tls.verify),
+                (b"Auth-SSL-Subject", tls.subject),
+                (b"Auth-SSL-Issuer", tls.issuer),
+                (b"Auth-SSL-Serial", tls.serial),
+                (b"Auth-SSL-Fingerprint", tls.fingerprint),
+            ):
+                if text:
+                    checked.append((name, text.encode("utf-8")))
+        if _UNSAFE.search(b"".join([value for _, value in checked])) is not None:
+            for name, value in checked:
+                if _UNSAFE.search(value) is not None:
+                    raise _UnsendableError(name.decode("ascii"), value)
+
+        headers = Headers()
+        add = headers.addRawHeader
+        add(b"Host", self._targets[0].host)
+        add(b"Auth-Method", method)
+        add(b"Auth-User", escape_auth_value(request.user))
+        add(b"Auth-Pass", escape_auth_value(request.password))
+        position = 0
+        if checked[0][0] == b"Auth-Salt":
+            add(*checked[0])
+            position = 1
+        add(b"Auth-Protocol", protocol)
+        add(b"Auth-Login-Attempt", b"%d" % request.attempt)
+        for name, value in checked[position:]:
+            add(name, value)
+        if tls is not None and self._pass_client_cert and tls.certificate_pem:
+            add(
+                b"Auth-SSL-Cert", escape_auth_value(tls.certificate_pem.encode("ascii", "replace"))
+            )
+        for name, value in self._static:
+            add(name, value)
+        return headers
+
+    async def _lookup(self, headers: Headers, request: AuthRequest) -> Decision:
+        """Ask until the service answers OK or a failure; ``Auth-Status: WAIT`` asks again."""
+        for _ in range(_MAX_WAITS + 1):
+            answer = await self._ask_any(headers, request)
+            if not isinstance(answer, float):
+                return answer
+            # nginx sleeps Auth-Wait seconds (0: not at all) and sends the same request again.
+            await deferLater(self._clock, answer)
+        self._log.error(
+            "auth_http answered WAIT {count} times in a row",
+            count=_MAX_WAITS + 1,
+            problem="too-many-waits",
+        )
+        raise RouterUnavailable("auth_http: answered WAIT too many times")
+
+    async def _ask_any(self, headers: Headers, request: AuthRequest) -> Decision | float:
+        """Ask each URL in turn until one answers over HTTP without a 5xx status."""
+        last = len(self._targets) - 1
+        for index, target in enumerate(self._targets):
+            level = LogLevel.warn if index < last else LogLevel.error
+            if index:
+                headers.setRawHeaders(b"Host", (target.host,))
+            try:
+                response = await self._exchange(target, headers)
+            except CancelledError:
+                raise
+            except TimeoutError:
+                self._log.emit(
+                    level,
+                    "auth_http {url} timed out after {timeout} seconds",
+                    url=target.text,
+                    timeout=self._timeout,
+                    problem="timeout",
+                )
+                continue
+            except ConnectError as e:
+                self._log.emit(
+                    level,
+                    "auth_http {url} unreachable: {error}",
+                    url=target.text,
+                    error=str(e),
+                    problem="unreachable",
+                )
+                continue
+            except Exception as e:
+                self._log.emit(
+                    level,
+                    "auth_http {url} sent no valid HTTP response: {error!r}",
+                    url=target.text,
+                    error=_describe(e),
+                    problem="bad-response",
+                )
+                continue
+            if response.code >= 500:
+                self._log.emit(
+                    level,
+                    "auth_http {url} answered HTTP {code}",
+                    url=target.text,
+                    code=response.code,
+                    problem="http-5xx",
+                )
+                continue
+            try:
+                return self._decide(target, response.headers, request)
+            except _InvalidAnswerError as e:
+                self._log.error(
+                    "auth_http {url} sent an unusable answer: {problem} {header} {value!r}",
+                    url=target.text,
+                    problem=e.problem,
+                    header=e.header,
+                    value=e.value,
+                )
+                raise RouterUnavailable(f"auth_http: {e.problem}") from None
+        raise RouterUnavailable("auth_http: no auth service answered")
+
+    async def _exchange(self, target: _Target, headers: Headers) -> IResponse:
+        """One HTTP request to C{target}, headers and body, within C{[auth] timeout}."""
+        attempt = Deferred.fromCoroutine(self._fetch(target, headers))
+        # Cancelling an Agent request fails it with ResponseNeverReceived or the like, not
+        # CancelledError, so addTimeout's default translation would miss it.
+        attempt.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
+        return await attempt
+
+    async def _fetch(self, target: _Target, headers: Headers) -> IResponse:
+        response = await self._client.request(
+            "GET",
+            target.url,
+            headers=headers,
+            allow_redirects=False,
+            unbuffered=True,
+            cookies=self._no_cookies,
+        )
+        discarder: _BodyDiscarder | None = None
+
+        def stop_reading(_: Deferred[None]) -> None:
+            if discarder is not None and discarder.transport is not None:
+                discarder.transport.stopProducing()  # type: ignore[attr-defined]
+
+        body_read: Deferred[None] = Deferred(stop_reading)
+        discarder = _BodyDiscarder(body_read, _MAX_BODY)
+        response.deliverBody(discarder)
+        await body_read
+        return response
+
+    def _decide(self, target: _Target, headers: Headers, request: AuthRequest) -> Decision | float:
+        """Read an answer as nginx's ngx_mail_auth_http_process_headers does.
+
+        @return: the decision, or the seconds to wait before asking again (``WAIT``).
+        @raise _InvalidAnswerError: the answer cannot be acted on.
+        """
+        statuses = headers.getRawHeaders(b"Auth-Status")
+        if not statuses:
+            raise _InvalidAnswerError("no Auth-Status", "Auth-Status")
+        message: bytes | None = None
+        wait = False
+        for status in statuses:
+            if status == b"OK":
+                continue
+            if status == b"WAIT":
+                wait = True
+                continue
+            if not status or len(status) > _MAX_MESSAGE or _CONTROL.search(status):
+                raise _InvalidAnswerError("invalid", "Auth-Status", status)
+            # As in nginx, a failure text wins over OK and WAIT, and the last one is shown.
+            message = status
+        seconds = 0
+        for value in headers.getRawHeaders(b"Auth-Wait", ()):
+            # ngx_atoi: digits only; anything else is ignored.
+            if _DIGITS.fullmatch(value):
+                seconds = int(value)
+        if message is not None:
+            code = _last(headers, b"Auth-Error-Code")
+            if code is not None and not _SMTP_CODE.fullmatch(code):
+                raise _InvalidAnswerError("invalid", "Auth-Error-Code", code)
+            return Refuse(
+                message=message.decode("utf-8", "replace"),
+                smtp_code=code.decode("ascii") if code is not None else "",
+                wait=float(seconds) if seconds else None,
+            )
+        if wait:
+            return float(seconds)
+
+        server = _last(headers, b"Auth-Server")
+        port = _last(headers, b"Auth-Port")
+        if not server or not port:
+            raise _InvalidAnswerError("did not send server or port")
+        password = _last(headers, b"Auth-Pass")
+        user = _last(headers, b"Auth-User")
+        if (
+            password is None
+            and request.protocol != "smtp"
+            and _AUTH_METHODS.get(request.method) in _NEEDS_AUTH_PASS
+        ):
+            raise _InvalidAnswerError("did not send password")
+        host = parse_auth_server(server.decode("latin-1"))
+        if host is None:
+            raise _InvalidAnswerError("invalid server address", "Auth-Server", server)
+        if not _DIGITS.fullmatch(port) or not 0 < int(port) < 65536:
+            raise _InvalidAnswerError("invalid server port", "Auth-Port", port)
+        for name, field in ((b"Auth-User", user), (b"Auth-Pass", password)):
+            if field is not None and (len(field) > _MAX_VALUE or b"\0" in field):
+                # Logged by name only: an Auth-Pass value must never reach a log.
+                raise _InvalidAnswerError("invalid", name.decode("ascii"))
+        return Accept(
+            backends=(HostPort(host, int(port)),),
+            user=user,
+            password=password,
+            details={"auth_url": target.text},
+        )
+
+
+def _timed_out(result: IResponse | Failure, timeout: float | None) -> IResponse:
+    """Report a timed-out attempt as L{TimeoutError}, whatever the cancelled request raised."""
+    if isinstance(result, Failure):
+        raise TimeoutError(f"no answer within {timeout} seconds")
+    return result
+
+
+def _last(headers: Headers, name: bytes) -> bytes | None:
+    """The last value of header C{name}: nginx overwrites earlier ones as it reads."""
+    values = headers.getRawHeaders(name)
+    return values[-1] if values else None
+
+
+def _describe(error: Exception) -> str:
+    """A short text for a failed exchange; L{ResponseFailed} hides its reasons in a list."""
+    if isinstance(error, ResponseFailed) and error.reasons:
+        return "; ".join(repr(reason.value) for reason in error.reasons)
+    return repr(error)
+
+
+class _AgentReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver):
+    """What L{Agent} needs from a reactor, for the type checker (as treq's C{_ITreqReactor})."""
+
+
+class _NoCookies(IndexableCookieJar):
+    """A cookie jar that neither sends nor keeps cookies.
+
+    nginx keeps no cookies between auth requests, and skipping the jar's policy checks saves work
+    on every lookup.
+    """
+
+    @override
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+    @override
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+
+class HTTPPoolService(Service):
+    """Owns the router's persistent HTTP connection pool and closes it when the service stops."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
+
+
+def new_http_router(config: AuthConfig, reactor: Any) -> tuple[HTTPRouter, IService]:
+    """Build the router on C{reactor} with a keep-alive pool, and the service owning the pool."""
+    typed_reactor: _AgentReactor = reactor
+    pool = HTTPConnectionPool(typed_reactor, persistent=True)
+    # Keep enough idle connections for a burst of concurrent lookups; more are closed after use.
+    pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS
+    agent = Agent(typed_reactor, connectTimeout=config.timeout, pool=pool)
+    client = HTTPClient(agent, cookiejar=_NoCookies())
+    return HTTPRouter(config, client, typed_reactor), HTTPPoolService(pool)
+
+
+__all__: Sequence[str] = (
+    "HTTPPoolService",
+    "HTTPRouter",
+    "escape_auth_value",
+    "new_http_router",
+    "parse_auth_server",
+)
