@@ -190,6 +190,7 @@ class SMTPFront(smtp.ESMTP):
         self._backend: BackendClient | None = None
         self._backend_route: tuple[HostPort, ...] | None = None
         self._connected = False
+        self._closing = False
         self._session_timer: IDelayedCall | None = None
         self._awaiting_final = False
         self._client_ip = ""
@@ -240,8 +241,9 @@ class SMTPFront(smtp.ESMTP):
             )
         if self._pending is not None and not self._awaiting_final:
             self._pending.cancel()
+        self._abort_body()
         if not self._awaiting_final:
-            self._end_transaction("abandoned", "client disconnected")
+            self._end_transaction("abandoned", self.session.end, reset_backend=False)
             self._drop_backend()
         self.session.emit("smtp", self._reactor.seconds())
 
@@ -258,12 +260,26 @@ class SMTPFront(smtp.ESMTP):
 
     def _reply_and_close(self, reply: Reply) -> None:
         self.send_reply(reply)
+        self._close()
+
+    def _close(self) -> None:
+        """End the session: an unfinished message is cut off at the backend, never completed."""
+        self._closing = True
         if self._pending is not None and not self._awaiting_final:
             self._pending.cancel()
-        self._end_transaction("abandoned", reply.summary())
-        self._drop_backend()
+        self._abort_body()
+        if not self._awaiting_final:
+            self._end_transaction("abandoned", self.session.end, reset_backend=False)
+            self._drop_backend()
         assert self.transport is not None
         self.transport.loseConnection()
+
+    def _abort_body(self) -> None:
+        body, self._body = self._body, None
+        if body is not None and body.backend is not None:
+            self._stop_body_relay(body)
+            body.backend.abort()
+            body.backend = None
 
     # -- input --------------------------------------------------------------------------
 
@@ -285,17 +301,18 @@ class SMTPFront(smtp.ESMTP):
             return
         self._in_loop = True
         try:
-            while self._pending is None and self._connected:
+            while self._pending is None and self._connected and not self._closing:
                 if self._body is not None:
                     if not self._buffer:
                         break
                     data, self._buffer = self._buffer, b""
                     self._feed_body(data)
                     continue
-                line = self._next_line()
-                if line is None:
+                found, line = self._next_line()
+                if not found:
                     break
-                self.lineReceived(line)
+                if line is not None:
+                    self.lineReceived(line)
         finally:
             self._in_loop = False
         if len(self._buffer) > _BUFFER_LIMIT and self._pending is not None:
@@ -303,8 +320,9 @@ class SMTPFront(smtp.ESMTP):
         elif "pipeline" in self._paused and len(self._buffer) <= _BUFFER_LIMIT:
             self.resume_reading("pipeline")
 
-    def _next_line(self) -> bytes | None:
-        """Take the next command line from the buffer, or answer an over-long one."""
+    def _next_line(self) -> tuple[bool, bytes | None]:
+        """Take the next line from the buffer: (False, None) when none is complete yet,
+        (True, None) when one was consumed and answered as an error, else (True, line)."""
         limit = self._settings.max_line_length
         end = self._buffer.find(b"\n")
         if end < 0:
@@ -314,20 +332,20 @@ class SMTPFront(smtp.ESMTP):
                     self._protocol_error(R_LINE_TOO_LONG)
                 self._discarding = True
                 self._buffer = b""
-            return None
+            return False, None
         line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
         if self._discarding:
             self._discarding = False
-            return None
+            return True, None
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) + 2 > limit:
             self._protocol_error(R_LINE_TOO_LONG)
-            return None
+            return True, None
         if b"\r" in line or b"\0" in line:
             self._protocol_error(R_BAD_CHARS)
-            return None
-        return line
+            return True, None
+        return True, line
 
     @override
     def state_COMMAND(self, line: bytes) -> None:
@@ -352,8 +370,10 @@ class SMTPFront(smtp.ESMTP):
         """Lift the pause for C{reason}; reading resumes when no reason is left."""
         if reason in self._paused:
             self._paused.discard(reason)
-            if not self._paused and self.transport is not None and self._connected:
-                self.raw_transport.resumeProducing()
+            transport = self.transport
+            if not self._paused and transport is not None and self._connected:
+                if not getattr(transport, "disconnecting", False):
+                    self.raw_transport.resumeProducing()
 
     # -- replies ------------------------------------------------------------------------
 
@@ -443,11 +463,8 @@ class SMTPFront(smtp.ESMTP):
 
     def do_QUIT(self, rest: bytes) -> None:
         self.session.end = "quit"
-        self._end_transaction("abandoned", "QUIT")
-        self._drop_backend()
         self.send_reply(Reply(221, (b"2.0.0 " + self.host + b" Bye",)))
-        assert self.transport is not None
-        self.transport.loseConnection()
+        self._close()
 
     def do_RSET(self, rest: bytes) -> None:
         tx = self._tx
