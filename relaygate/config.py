@@ -102,12 +102,23 @@ class ListenConfig:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """C{[tls]}: the front door's certificates and client-certificate policy."""
+    """C{[tls]}: the front door's certificates, protocol versions and client-certificate policy.
+
+    C{certificate} is a PEM chain file (C{key} names its key, or the file holds it too) or a
+    directory of C{NAME.pem} files chosen by SNI; see C{relaygate.tls.ServerTLS}.
+    """
 
     certificate: str = ""
     key: str = ""
     client_ca: str = ""
     verify_client: str = "off"
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ciphers: str = (
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    )
+    handshake_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -317,13 +328,54 @@ def _read_listen(t: _Table) -> ListenConfig:
 
 
 def _read_tls(t: _Table, base: str) -> TLSConfig:
+    # Imported here: relaygate.tls imports the routing types, which import this module.
+    from relaygate import tls as tls_module
+
+    defaults = TLSConfig()
     tls = TLSConfig(
         certificate=t.path("certificate", base),
         key=t.path("key", base),
         client_ca=t.path("client_ca", base),
-        verify_client=t.choice("verify_client", ("off", "optional", "required"), "off"),
+        verify_client=t.choice("verify_client", tls_module.VERIFY_CLIENT_MODES, "off"),
+        protocols=t.choices("protocols", tuple(tls_module.TLS_VERSIONS), defaults.protocols),
+        ciphers=t.string("ciphers", defaults.ciphers),
+        handshake_timeout=t.number("handshake_timeout", defaults.handshake_timeout, 0.001),
     )
     t.finish()
+    if tls.key and not tls.certificate:
+        raise t.error("key", "needs [tls] certificate")
+    if tls.key and os.path.isdir(tls.certificate):
+        raise t.error("key", "must be left out when certificate is a directory of NAME.pem files")
+    if tls.verify_client != "off" and not tls.client_ca:
+        raise t.error("verify_client", f"{tls.verify_client!r} needs [tls] client_ca")
+    if tls.client_ca == "system":
+        raise t.error(
+            "client_ca", "must be a PEM bundle of the CAs that issue client certificates"
+        )
+    if not tls.protocols:
+        raise t.error("protocols", "needs at least one TLS version")
+    known = list(tls_module.TLS_VERSIONS)
+    wanted = sorted(known.index(p) for p in set(tls.protocols))
+    if wanted != list(range(wanted[0], wanted[-1] + 1)):
+        raise t.error("protocols", "must be a range without gaps, e.g. TLSv1.2 and TLSv1.3")
+    try:
+        tls_module.check_cipher_string(tls.ciphers)
+    except tls_module.CertificateError as e:
+        raise t.error("ciphers", str(e)) from None
+    try:
+        if os.path.isdir(tls.certificate):
+            tls_module.check_directory(tls.certificate)
+        elif tls.certificate:
+            tls_module.load_key_and_chain(tls.certificate, tls.key)
+    except tls_module.PrivateKeyError as e:
+        raise t.error("key" if tls.key else "certificate", str(e)) from None
+    except tls_module.CertificateError as e:
+        raise t.error("certificate", str(e)) from None
+    try:
+        if tls.client_ca:
+            tls_module.load_ca_bundle(tls.client_ca)
+    except tls_module.CertificateError as e:
+        raise t.error("client_ca", str(e)) from None
     return tls
 
 
@@ -445,8 +497,10 @@ def _check_consistency(root: _Table, config: Config) -> None:
     for index, listen in enumerate(config.listen):
         if listen.tls != "none" and not config.tls.certificate:
             raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")
-        if listen.tls != "none":
-            raise root.error(f"listen[{index}].tls", 'only "none" is supported by this version')
+        if listen.tls not in ("none", "implicit"):
+            raise root.error(
+                f"listen[{index}].tls", 'only "none" and "implicit" are supported by this version'
+            )
         if listen.proxy_protocol:
             raise root.error(f"listen[{index}].proxy_protocol", "is not supported by this version")
         if listen.protocol != "smtp":

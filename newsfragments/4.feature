@@ -1,0 +1,1 @@
+relaygate serves implicit TLS (SMTPS-style) listeners: certificates from files or an SNI directory, reloaded on SIGHUP or on change, TLS 1.2+ by default, nginx's ALPN guard and client-certificate checks with nginx's Auth-SSL-* formats.
