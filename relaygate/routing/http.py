@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from http.cookiejar import CookieJar
 from typing import Any, Final
 
@@ -87,11 +88,13 @@ def _percent(match: re.Match[bytes]) -> bytes:
     return b"%%%02X" % match[0][0]
 
 
+@lru_cache(maxsize=1024)
 def parse_auth_server(text: str) -> str | None:
     """The backend host in an ``Auth-Server`` value (IPv4, IPv6 or host name), or None if invalid.
 
     nginx accepts only IP addresses here; a host name is relaygate's extension. An IPv6 address
-    may come with or without brackets and is returned without them.
+    may come with or without brackets and is returned without them. Cached: an auth service
+    names the same few backends again and again.
     """
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
