@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http.cookiejar import CookieJar
@@ -560,10 +559,10 @@ def new_http_router(config: AuthConfig, reactor: Any) -> tuple[HTTPRouter, IServ
     return HTTPRouter(config, client, typed_reactor), HTTPPoolService(pool)
 
 
-__all__: Sequence[str] = (
+__all__ = [
     "HTTPPoolService",
     "HTTPRouter",
     "escape_auth_value",
     "new_http_router",
     "parse_auth_server",
-)
+]
