@@ -157,6 +157,50 @@ class SMTPConfig:
     backend_timeout: float = 300.0
 
 
+IMAP_AUTH_METHODS: Final = ("plain", "login", "cram-md5", "external")
+POP3_AUTH_METHODS: Final = ("user", "plain", "login", "apop", "cram-md5", "external")
+DEFAULT_IMAP_CAPABILITIES: Final = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID")
+DEFAULT_POP3_CAPABILITIES: Final = ("TOP", "UIDL", "RESP-CODES", "PIPELINING")
+
+
+@dataclass(frozen=True)
+class IMAPConfig:
+    """C{[imap]}: the IMAP front's login methods and limits, and how it logs in to backends."""
+
+    auth: tuple[str, ...] = ("plain", "login")
+    capabilities: tuple[str, ...] = DEFAULT_IMAP_CAPABILITIES
+    timeout: float = 60.0
+    proxy_timeout: float = 1800.0
+    max_line_length: int = 8192
+    max_literal_size: int = 16384
+    max_errors: int = 5
+    max_login_failures: int = 3
+    pass_error_message: bool = False
+    send_id: bool = True
+    xclient: bool = True
+    backend_login: str = "login"
+    backend_tls: str = "none"
+    backend_ca: str = ""
+
+
+@dataclass(frozen=True)
+class POP3Config:
+    """C{[pop3]}: the POP3 front's login methods and limits, and how it logs in to backends."""
+
+    auth: tuple[str, ...] = ("user", "plain", "login")
+    capabilities: tuple[str, ...] = DEFAULT_POP3_CAPABILITIES
+    timeout: float = 60.0
+    proxy_timeout: float = 1800.0
+    max_line_length: int = 2048
+    max_errors: int = 5
+    max_login_failures: int = 3
+    pass_error_message: bool = False
+    xclient: bool = True
+    backend_login: str = "user"
+    backend_tls: str = "none"
+    backend_ca: str = ""
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """C{[demo]}: the embedded demo backend that stores each message as a file."""
@@ -177,6 +221,8 @@ class Config:
     routes: tuple[RouteConfig, ...]
     smtp: SMTPConfig
     demo: DemoConfig | None = None
+    imap: IMAPConfig = IMAPConfig()
+    pop3: POP3Config = POP3Config()
 
 
 _MISSING: Any = object()
@@ -454,6 +500,67 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
     return smtp
 
 
+def _read_capabilities(
+    t: _Table, default: tuple[str, ...], generated: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A pre-auth capability list: atoms, without the ones the front adds itself."""
+    values = t.strings("capabilities", default)
+    for value in values:
+        if not value or any(c.isspace() or c in '(){"\\' or not c.isprintable() for c in value):
+            raise t.error("capabilities", f"{value!r} is not a capability name")
+        if value.upper() in (*generated, "SASL") or value.upper().startswith("AUTH="):
+            raise t.error(
+                "capabilities", f"{value!r} comes from auth and the listener's tls; leave it out"
+            )
+    return values
+
+
+def _read_imap(t: _Table, base: str) -> IMAPConfig:
+    d = IMAPConfig()
+    imap = IMAPConfig(
+        auth=t.choices("auth", IMAP_AUTH_METHODS, d.auth),
+        capabilities=_read_capabilities(t, d.capabilities, ("STARTTLS", "LOGINDISABLED")),
+        timeout=t.number("timeout", d.timeout, minimum=0.001),
+        proxy_timeout=t.number("proxy_timeout", d.proxy_timeout, minimum=0.001),
+        max_line_length=t.integer("max_line_length", d.max_line_length, minimum=512),
+        max_literal_size=t.integer("max_literal_size", d.max_literal_size, minimum=256),
+        max_errors=t.integer("max_errors", d.max_errors, minimum=1),
+        max_login_failures=t.integer("max_login_failures", d.max_login_failures, minimum=1),
+        pass_error_message=t.boolean("pass_error_message", d.pass_error_message),
+        send_id=t.boolean("send_id", d.send_id),
+        xclient=t.boolean("xclient", d.xclient),
+        backend_login=t.choice("backend_login", ("login", "plain"), d.backend_login),
+        backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
+        backend_ca=t.path("backend_ca", base),
+    )
+    if imap.backend_tls != "none":
+        raise t.error("backend_tls", 'only "none" is supported by this version')
+    t.finish()
+    return imap
+
+
+def _read_pop3(t: _Table, base: str) -> POP3Config:
+    d = POP3Config()
+    pop3 = POP3Config(
+        auth=t.choices("auth", POP3_AUTH_METHODS, d.auth),
+        capabilities=_read_capabilities(t, d.capabilities, ("STLS", "USER")),
+        timeout=t.number("timeout", d.timeout, minimum=0.001),
+        proxy_timeout=t.number("proxy_timeout", d.proxy_timeout, minimum=0.001),
+        max_line_length=t.integer("max_line_length", d.max_line_length, minimum=512),
+        max_errors=t.integer("max_errors", d.max_errors, minimum=1),
+        max_login_failures=t.integer("max_login_failures", d.max_login_failures, minimum=1),
+        pass_error_message=t.boolean("pass_error_message", d.pass_error_message),
+        xclient=t.boolean("xclient", d.xclient),
+        backend_login=t.choice("backend_login", ("user", "plain"), d.backend_login),
+        backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
+        backend_ca=t.path("backend_ca", base),
+    )
+    if pop3.backend_tls != "none":
+        raise t.error("backend_tls", 'only "none" is supported by this version')
+    t.finish()
+    return pop3
+
+
 def _read_demo(t: _Table, base: str) -> DemoConfig | None:
     if not t.data:
         return None
@@ -486,6 +593,8 @@ def parse(data: dict[str, Any], path: str) -> Config:
         routes=tuple(_read_route(t) for t in root.tables("route")),
         smtp=_read_smtp(root.table("smtp"), base),
         demo=_read_demo(root.table("demo"), base),
+        imap=_read_imap(root.table("imap"), base),
+        pop3=_read_pop3(root.table("pop3"), base),
     )
     root.finish()
     _check_consistency(root, config)
@@ -494,6 +603,13 @@ def parse(data: dict[str, Any], path: str) -> Config:
 
 def _check_consistency(root: _Table, config: Config) -> None:
     """Cross-section rules: what one section needs from another."""
+    if not config.auth.http:
+        # The embedded table passes the client's own password to the backend; after APOP,
+        # CRAM-MD5 or EXTERNAL there is none, so only an auth service can serve them.
+        for section, methods in (("imap", config.imap.auth), ("pop3", config.pop3.auth)):
+            for method in ("apop", "cram-md5", "external"):
+                if method in methods:
+                    raise root.error(f"{section}.auth", f"{method!r} needs [auth] http")
     for index, listen in enumerate(config.listen):
         if listen.tls != "none" and not config.tls.certificate:
             raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")
@@ -503,10 +619,6 @@ def _check_consistency(root: _Table, config: Config) -> None:
             )
         if listen.proxy_protocol:
             raise root.error(f"listen[{index}].proxy_protocol", "is not supported by this version")
-        if listen.protocol != "smtp":
-            raise root.error(
-                f"listen[{index}].protocol", f"{listen.protocol!r} is not supported yet"
-            )
         if not config.auth.http and not any(
             r.protocol in (listen.protocol, "*") for r in config.routes
         ):

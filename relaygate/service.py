@@ -35,8 +35,22 @@ def _smtp_factory(config: Config, listen: ListenConfig, router: Router, reactor:
     return SMTPFrontFactory(config, listen, router, reactor)
 
 
+def _imap_factory(config: Config, listen: ListenConfig, router: Router, reactor: Any) -> Factory:
+    from relaygate.imap import IMAPFrontFactory
+
+    return IMAPFrontFactory(config, listen, router, reactor)
+
+
+def _pop3_factory(config: Config, listen: ListenConfig, router: Router, reactor: Any) -> Factory:
+    from relaygate.pop3 import POP3FrontFactory
+
+    return POP3FrontFactory(config, listen, router, reactor)
+
+
 FACTORIES: dict[str, FactoryMaker] = {
     "smtp": _smtp_factory,
+    "imap": _imap_factory,
+    "pop3": _pop3_factory,
 }
 
 

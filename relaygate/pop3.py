@@ -1,0 +1,322 @@
+"""The POP3 front: pre-auth commands, login at the backend, then a byte-for-byte relay.
+
+Before login the front answers CAPA, USER/PASS, APOP, AUTH (PLAIN, LOGIN, CRAM-MD5, EXTERNAL,
+with initial responses), STLS, NOOP and QUIT itself, with nginx's replies
+(C{src/mail/ngx_mail_pop3_handler.c}). At the backend it sends Dovecot's C{XCLIENT} when the
+greeting offers it, then logs in with C{USER}/C{PASS}, or C{AUTH PLAIN} when configured or when
+the credentials cannot travel in a POP3 argument. The backend's C{+OK} is the client's answer.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.protocol import Factory
+from typing_extensions import override
+
+from relaygate.config import Config, ListenConfig
+from relaygate.imap_syntax import Invalid, parse_line
+from relaygate.login import (
+    BackendClient,
+    BackendError,
+    Credentials,
+    FrontSettings,
+    LoggedIn,
+    LoginFront,
+    LoginOutcome,
+    Refused,
+    decode_base64,
+    encode_plain,
+    make_salt,
+    split_plain,
+)
+from relaygate.routing.router import Router
+
+_SASL = {b"PLAIN": "plain", b"LOGIN": "login", b"CRAM-MD5": "cram-md5", b"EXTERNAL": "external"}
+
+
+class POP3Front(LoginFront):
+    """One client's POP3 session; see the module docstring."""
+
+    protocol_name = "pop3"
+
+    def __init__(self, factory: POP3FrontFactory, random: Callable[[], int] | None = None) -> None:
+        super().__init__(factory.settings, factory.router, factory.reactor, random)
+        self._capabilities = factory.capabilities
+        self._sasl: str | None = None
+        self._sasl_user = b""
+        self._pending_user: bytes | None = None
+
+    def _tls_required(self) -> bool:
+        return self.settings.tls_mode == "starttls-required" and not self.secure
+
+    def _sasl_names(self) -> list[bytes]:
+        return [name for name, method in _SASL.items() if method in self.settings.auth]
+
+    @override
+    def greeting(self) -> bytes:
+        if "apop" in self.settings.auth or "cram-md5" in self.settings.auth:
+            self.salt = make_salt(self.settings.server_name, self._clock, self._random)
+            return b"+OK POP3 ready %s\r\n" % self.salt
+        return b"+OK POP3 ready\r\n"
+
+    def capa(self, in_user_state: bool) -> bytes:
+        """The CAPA answer, as nginx builds it from the config and TLS state."""
+        lines = [b"+OK Capability list follows"]
+        lines += [c for c in self._capabilities if c.upper() != b"USER"]
+        if self._tls_required():
+            lines.append(b"STLS")
+        else:
+            if "user" in self.settings.auth:
+                lines.append(b"USER")
+            names = self._sasl_names()
+            if names:
+                lines.append(b"SASL " + b" ".join(names))
+            if (
+                not in_user_state
+                and self.settings.tls_mode in ("starttls", "starttls-required")
+                and not self.secure
+            ):
+                lines.append(b"STLS")
+        lines.append(b".")
+        return b"".join(line + b"\r\n" for line in lines)
+
+    @override
+    def reply_refused(self, credentials: Credentials, text: bytes) -> None:
+        self.write(b"-ERR %s\r\n" % text)
+
+    @override
+    def reply_internal_error(self) -> None:
+        self.write(b"-ERR internal server error\r\n")
+
+    @override
+    def reply_timeout(self) -> None:
+        self.write(b"-ERR Disconnected for inactivity\r\n")
+
+    @override
+    def generic_refusal(self) -> bytes:
+        return b"[AUTH] Authentication failed"
+
+    @override
+    def after_failed_login(self) -> None:
+        self._pending_user = None
+
+    def _bad(self, fatal: bool = False) -> None:
+        self._pending_user = None
+        self.invalid(b"-ERR invalid command\r\n", fatal)
+
+    # Input.
+
+    @override
+    def step(self) -> bool:
+        parsed = parse_line(bytes(self.buffer), self.settings.max_line_length)
+        if parsed is None:
+            return False
+        if isinstance(parsed, Invalid):
+            del self.buffer[:]
+            self._sasl = None
+            self.invalid(b"-ERR line too long\r\n", fatal=True)
+            return True
+        line, size = parsed
+        del self.buffer[:size]
+        if self._sasl is not None:
+            mechanism, self._sasl = self._sasl, None
+            self._sasl_response(mechanism, line)
+            return True
+        verb, _, rest = line.partition(b" ")
+        handler = getattr(self, "do_" + verb.upper().decode("ascii", "replace"), None)
+        if handler is None or (self._pending_user is not None and verb.upper() not in _IN_USER):
+            self._bad()
+        else:
+            handler(rest)
+        return True
+
+    def do_CAPA(self, rest: bytes) -> None:
+        self.write(self.capa(self._pending_user is not None))
+
+    def do_NOOP(self, rest: bytes) -> None:
+        self.write(b"+OK\r\n")
+
+    def do_QUIT(self, rest: bytes) -> None:
+        self.write(b"+OK\r\n")
+        self.close("logout")
+
+    def do_STLS(self, rest: bytes) -> None:
+        if not self.start_tls():
+            self._bad()
+
+    def start_tls(self) -> bool:
+        """Begin TLS after C{+OK}; C{False} while the listener offers no STLS."""
+        return False
+
+    def do_USER(self, rest: bytes) -> None:
+        args = rest.split()
+        if "user" not in self.settings.auth or self._tls_required() or len(args) != 1:
+            return self._bad()
+        self._pending_user = args[0]
+        self.write(b"+OK\r\n")
+
+    def do_PASS(self, rest: bytes) -> None:
+        # The whole rest of the line is the password: spaces in passwords are common, and
+        # Dovecot reads PASS the same way (nginx refuses them).
+        user = self._pending_user
+        if user is None or not rest:
+            return self._bad()
+        self._pending_user = None
+        self.start_login(Credentials(b"", "plain", user, rest))
+
+    def do_APOP(self, rest: bytes) -> None:
+        args = rest.split()
+        if "apop" not in self.settings.auth or self._tls_required() or len(args) != 2:
+            return self._bad()
+        user, digest = args
+        self.start_login(Credentials(b"", "apop", user, digest, self.salt))
+
+    def do_AUTH(self, rest: bytes) -> None:
+        if self._tls_required():
+            return self._bad()
+        args = rest.split()
+        if not args:
+            names = self._sasl_names()
+            self.write(
+                b"+OK methods supported:\r\n" + b"".join(n + b"\r\n" for n in names) + b".\r\n"
+            )
+            return
+        mechanism = _SASL.get(args[0].upper())
+        if mechanism is None or mechanism not in self.settings.auth or len(args) > 2:
+            return self._bad()
+        initial = args[1] if len(args) == 2 else None
+        if initial == b"=":
+            initial = b""
+        if mechanism == "cram-md5":
+            if initial is not None:
+                return self._bad()
+            if not self.salt:
+                self.salt = make_salt(self.settings.server_name, self._clock, self._random)
+            self.write(b"+ " + base64.b64encode(self.salt) + b"\r\n")
+            self._sasl = "cram-md5"
+        elif initial is None:
+            self._sasl = mechanism
+            self.write(b"+ \r\n" if mechanism == "plain" else b"+ VXNlcm5hbWU6\r\n")
+        else:
+            self._sasl_response(mechanism, initial)
+
+    def _sasl_response(self, mechanism: str, response: bytes) -> None:
+        """One client SASL response (RFC 5034): another challenge, a login, or -ERR."""
+        if response == b"*":
+            return self._bad()
+        decoded = decode_base64(response)
+        if decoded is None:
+            return self._bad()
+        if mechanism == "plain":
+            pair = split_plain(decoded)
+            if pair is None:
+                return self._bad()
+            self.start_login(Credentials(b"", "plain", pair[0], pair[1]))
+        elif mechanism == "login":
+            self._sasl_user = decoded
+            self._sasl = "login-password"
+            self.write(b"+ UGFzc3dvcmQ6\r\n")
+        elif mechanism == "login-password":
+            self.start_login(Credentials(b"", "plain", self._sasl_user, decoded))
+        elif mechanism == "cram-md5":
+            user, _, digest = decoded.rpartition(b" ")
+            if not user or len(digest) != 32:
+                return self._bad()
+            self.start_login(Credentials(b"", "cram-md5", user, digest, self.salt))
+        else:
+            self.start_login(Credentials(b"", "external", decoded, b""))
+
+    # The backend.
+
+    @override
+    async def backend_login(
+        self, backend: BackendClient, credentials: Credentials, user: bytes, password: bytes
+    ) -> LoginOutcome:
+        greeting = await backend.read_line()
+        if not greeting.startswith(b"+OK"):
+            raise BackendError(f"unexpected greeting {greeting[:200]!r}")
+        if self.settings.xclient and b"[XCLIENT]" in greeting and self.client.ip:
+            backend.send(
+                b"XCLIENT ADDR=%s PORT=%d\r\n" % (self.client.ip.encode(), self.client.port)
+            )
+            answer = await backend.read_line()
+            if not answer.startswith(b"+OK"):
+                self._log.info("pop3 backend refused XCLIENT: {answer!r}", answer=answer[:200])
+        if self.settings.backend_login == "plain" or not _fits_user_pass(user, password):
+            backend.send(b"AUTH PLAIN " + encode_plain(user, password) + b"\r\n")
+        else:
+            backend.send(b"USER " + user + b"\r\n")
+            answer = await backend.read_line()
+            if not answer.startswith(b"+OK"):
+                return Refused(_error_text(answer))
+            backend.send(b"PASS " + password + b"\r\n")
+        answer = await backend.read_line()
+        if answer.startswith(b"+OK"):
+            return LoggedIn(answer + b"\r\n")
+        if answer.startswith(b"-ERR"):
+            return Refused(_error_text(answer))
+        raise BackendError(f"unexpected answer to login {answer[:200]!r}")
+
+
+_IN_USER = {b"PASS", b"CAPA", b"QUIT", b"NOOP"}
+
+
+def _fits_user_pass(user: bytes, password: bytes) -> bool:
+    """Whether USER/PASS can carry these credentials (one word, no line breaks)."""
+    bad = (b"\r", b"\n", b"\0")
+    return (
+        bool(user)
+        and bool(password)
+        and not any(c in user for c in (*bad, b" "))
+        and not any(c in password for c in bad)
+    )
+
+
+def _error_text(answer: bytes) -> bytes:
+    return answer[4:].lstrip(b" ") or b"Authentication failed"
+
+
+def _pop3_settings(config: Config, tls_mode: str) -> FrontSettings:
+    pop3 = config.pop3
+    return FrontSettings(
+        server_name=config.server.name,
+        auth=pop3.auth,
+        timeout=pop3.timeout,
+        proxy_timeout=pop3.proxy_timeout,
+        auth_timeout=config.auth.timeout,
+        connect_timeout=config.server.connect_timeout,
+        max_line_length=pop3.max_line_length,
+        max_errors=pop3.max_errors,
+        max_login_failures=pop3.max_login_failures,
+        pass_error_message=pop3.pass_error_message,
+        xclient=pop3.xclient,
+        backend_login=pop3.backend_login,
+        tls_mode=tls_mode,
+    )
+
+
+class POP3FrontFactory(Factory):
+    """Builds L{POP3Front}s for one listener from the C{[pop3]} section."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        config: Config,
+        listen: ListenConfig,
+        router: Router,
+        reactor: Any,
+        random: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = _pop3_settings(config, listen.tls)
+        self.router = router
+        self.reactor = reactor
+        self.random = random
+        self.capabilities = [c.encode("ascii") for c in config.pop3.capabilities]
+
+    @override
+    def buildProtocol(self, addr: Any) -> POP3Front:
+        return POP3Front(self, self.random)

@@ -1,0 +1,563 @@
+"""Tests for L{relaygate.imap_syntax} and the IMAP front L{relaygate.imap} (no real sockets)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaygate.config import HostPort
+from relaygate.imap import IMAPFront, IMAPFrontFactory
+from relaygate.imap_syntax import Command, Continue, Invalid, astring, parse_command, parse_line
+from relaygate.routing.router import Accept, Refuse, RouterUnavailable
+from tests.fronts import (
+    ScriptedRouter,
+    backend_connection,
+    connect_front,
+    listener,
+    make_config,
+    take,
+)
+
+GREETING = (
+    b"* OK [CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN] "
+    b"gw.example.org ready\r\n"
+)
+BACKEND_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN"
+POST_CAPS = b"IMAP4rev1 SASL-IR ID ENABLE IDLE SORT UIDPLUS MOVE LITERAL+"
+
+
+class ParseCommandTests(SynchronousTestCase):
+    """L{parse_command} turns bytes into commands, continuations and errors."""
+
+    def test_atoms(self) -> None:
+        """A tag, a command name (upper-cased) and atoms."""
+        self.assertEqual(
+            parse_command(b"a1 login alice secret\r\nrest"),
+            Command(b"a1", b"LOGIN", (b"alice", b"secret"), 23),
+        )
+
+    def test_quoted_escapes(self) -> None:
+        """Quoted strings drop their quotes and undo C{\\"} and C{\\\\}."""
+        parsed = parse_command(b'a LOGIN "al ice" "p\\"w\\\\d %"\r\n')
+        assert isinstance(parsed, Command)
+        self.assertEqual(parsed.args, (b"al ice", b'p"w\\d %'))
+
+    def test_bad_escape(self) -> None:
+        """Only C{\\"} and C{\\\\} are escapes; the line is refused and skipped."""
+        self.assertEqual(
+            parse_command(b'a LOGIN "a\\b" c\r\nb NOOP\r\n'),
+            Invalid(b"a", "invalid escape in quoted string", 17),
+        )
+
+    def test_incomplete(self) -> None:
+        """Without a line end, more bytes are needed."""
+        self.assertIsNone(parse_command(b"a LOGIN alice"))
+        self.assertIsNone(parse_command(b'a LOGIN "ali'))
+        self.assertIsNone(parse_command(b"a NOOP\r"))
+
+    def test_bare_lf(self) -> None:
+        """A bare LF ends a line, as nginx accepts it."""
+        self.assertEqual(parse_command(b"a NOOP\n"), Command(b"a", b"NOOP", (), 7))
+
+    def test_sync_literal_asks_for_continuation(self) -> None:
+        """C{{n}} asks for a continuation once, then waits for the literal's bytes."""
+        data = b"a LOGIN {5}\r\n"
+        self.assertEqual(parse_command(data), Continue(13))
+        self.assertIsNone(parse_command(data, continued=13))
+        data += b"alice {4}\r\n"
+        self.assertEqual(parse_command(data, continued=13), Continue(24))
+        data += b'p "w\r\n'
+        self.assertEqual(
+            parse_command(data, continued=24), Command(b"a", b"LOGIN", (b"alice", b'p "w'), 30)
+        )
+
+    def test_non_sync_literal(self) -> None:
+        """C{{n+}} needs no continuation (RFC 7888)."""
+        self.assertEqual(
+            parse_command(b"a LOGIN {5+}\r\nalice {2+}\r\npw\r\n"),
+            Command(b"a", b"LOGIN", (b"alice", b"pw"), 30),
+        )
+
+    def test_literal_too_big(self) -> None:
+        """A synchronizing literal over the limit is refused before the client sends it."""
+        self.assertEqual(
+            parse_command(b"a LOGIN {5000}\r\n", max_literal=4096),
+            Invalid(b"a", "literal too big", 16),
+        )
+
+    def test_non_sync_literal_too_big_is_fatal(self) -> None:
+        """A C{{n+}} literal over the limit is already on its way: the session must end."""
+        self.assertEqual(
+            parse_command(b"a LOGIN {5000+}\r\nxxxx", max_literal=4096),
+            Invalid(b"a", "literal too big", 17, fatal=True),
+        )
+
+    def test_line_too_long(self) -> None:
+        """A line that exceeds the limit without ending is fatal."""
+        self.assertEqual(
+            parse_command(b"a LOGIN " + b"x" * 600, max_line=512),
+            Invalid(b"a", "line too long", 608, fatal=True),
+        )
+
+    def test_bad_line_with_non_sync_literal_is_fatal(self) -> None:
+        """An invalid line announcing C{{n+}} can't be skipped safely (as nginx decides)."""
+        parsed = parse_command(b"a LO)GIN {3+}\r\nabc\r\n")
+        assert isinstance(parsed, Invalid)
+        self.assertTrue(parsed.fatal)
+
+    def test_lists(self) -> None:
+        """Parenthesized lists, as ID sends them."""
+        parsed = parse_command(b'a ID ("name" "x" "version" NIL)\r\n')
+        assert isinstance(parsed, Command)
+        self.assertEqual(parsed.args, ((b"name", b"x", b"version", b"NIL"),))
+
+    def test_empty_line(self) -> None:
+        """An empty line is an error with the untagged tag."""
+        self.assertEqual(parse_command(b"\r\n"), Invalid(b"*", "missing tag", 2))
+
+    def test_parse_line(self) -> None:
+        """SASL response lines: without CRLF, with their size; bounded."""
+        self.assertEqual(parse_line(b"abc\r\nx", 100), (b"abc", 5))
+        self.assertIsNone(parse_line(b"abc", 100))
+        self.assertEqual(parse_line(b"x" * 100, 100), Invalid(b"*", "line too long", 100, True))
+
+
+class AstringTests(SynchronousTestCase):
+    """L{astring} quotes what it can and uses literals for the rest."""
+
+    def test_quoted(self) -> None:
+        """Printable ASCII is quoted with escapes."""
+        self.assertEqual(astring(b'p "w\\ %', False), (b'"p \\"w\\\\ %"', None))
+
+    def test_literal(self) -> None:
+        """UTF-8 goes as a literal, synchronizing or not."""
+        value = "pässword".encode()
+        self.assertEqual(astring(value, False), (b"{9}", value))
+        self.assertEqual(astring(value, True), (b"{9+}", value))
+
+
+class IMAPFrontTestCase(SynchronousTestCase):
+    """Build an IMAP front on a memory reactor with a scripted router."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.router = ScriptedRouter()
+        self.events = EventLoggingObserver()
+        globalLogPublisher.addObserver(self.events)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events)
+
+    def front(self, tls: str = "none", **imap: Any) -> tuple[IMAPFront, StringTransport]:
+        config = make_config(imap=imap, auth={"http": "http://127.0.0.1:1/auth"})
+        factory = IMAPFrontFactory(config, listener(tls), self.router, self.reactor, lambda: 42)
+        front = factory.buildProtocol(None)
+        transport = connect_front(front)
+        return front, transport
+
+    def access_events(self) -> list[LogEvent]:
+        return [e for e in self.events if e.get("log_namespace") == "relaygate.access"]
+
+
+class FrontTests(IMAPFrontTestCase):
+    """Pre-auth commands answered by the front itself."""
+
+    def test_greeting(self) -> None:
+        """The greeting lists the pre-auth capabilities and the server name."""
+        _, transport = self.front()
+        self.assertEqual(transport.value(), GREETING)
+
+    def test_pipelined_commands_answered_in_order(self) -> None:
+        """CAPABILITY, NOOP, ID and LOGOUT sent at once get their answers in order."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(
+            b'a CAPABILITY\r\nb NOOP\r\nc ID ("name" "x")\r\nd LOGOUT\r\ne NOOP\r\n'
+        )
+        self.assertEqual(
+            take(transport),
+            b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN\r\n"
+            b"a OK completed\r\n"
+            b"b OK completed\r\n"
+            b"* ID NIL\r\nc OK completed\r\n"
+            b"* BYE Logging out\r\nd OK completed\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_starttls_without_tls(self) -> None:
+        """STARTTLS on a listener without TLS is an invalid command, as in nginx."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a STARTTLS\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\n")
+
+    def test_starttls_required_disables_login(self) -> None:
+        """With STARTTLS required, capabilities say LOGINDISABLED and LOGIN gets NO."""
+        front, transport = self.front(tls="starttls-required")
+        self.assertIn(b"STARTTLS LOGINDISABLED]", take(transport))
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        self.assertEqual(take(transport), b"a NO [PRIVACYREQUIRED] Use STARTTLS first\r\n")
+        self.assertEqual(self.router.requests, [])
+
+    def test_too_many_errors_close(self) -> None:
+        """After max_errors bad commands the session is closed."""
+        front, transport = self.front(max_errors=2)
+        take(transport)
+        front.dataReceived(b"a FOO\r\n")
+        self.assertFalse(transport.disconnecting)
+        front.dataReceived(b"b SELECT INBOX\r\nc NOOP\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\nb BAD invalid command\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_line_too_long(self) -> None:
+        """An over-long line is answered with BAD and the connection closes."""
+        front, transport = self.front(max_line_length=512)
+        take(transport)
+        front.dataReceived(b"a LOGIN " + b"x" * 1000)
+        self.assertEqual(take(transport), b"a BAD line too long\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_timeout(self) -> None:
+        """A silent client is told and disconnected after [imap] timeout."""
+        front, transport = self.front(timeout=10.0)
+        take(transport)
+        self.reactor.advance(9)
+        front.dataReceived(b"a NOOP\r\n")
+        self.reactor.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1)
+        self.assertEqual(
+            take(transport), b"a OK completed\r\n* BYE Disconnected for inactivity\r\n"
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_login_literals(self) -> None:
+        """LOGIN with synchronizing literals gets C{+ OK} for each; the router sees the bytes."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a LOGIN {5}\r\n")
+        self.assertEqual(take(transport), b"+ OK\r\n")
+        front.dataReceived(b"alice {6}\r\n")
+        self.assertEqual(take(transport), b"+ OK\r\n")
+        front.dataReceived('pä %"\r\n'.encode())
+        [request] = self.router.requests
+        self.assertEqual(
+            (request.protocol, request.method, request.user, request.password, request.attempt),
+            ("imap", "plain", b"alice", 'pä %"'.encode(), 1),
+        )
+        self.assertEqual((request.client_ip, request.client_port), ("192.0.2.7", 40000))
+
+    def test_authenticate_plain_with_initial_response(self) -> None:
+        """AUTHENTICATE PLAIN with SASL-IR goes straight to the router."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE PLAIN " + base64.b64encode(b"\0bob\0pw") + b"\r\n")
+        self.assertEqual(take(transport), b"")
+        self.assertEqual(self.router.requests[0].user, b"bob")
+        self.assertEqual(self.router.requests[0].password, b"pw")
+
+    def test_authenticate_plain_continuation(self) -> None:
+        """Without an initial response the front asks with C{+ } (nginx's bytes)."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE PLAIN\r\n")
+        self.assertEqual(take(transport), b"+ \r\n")
+        front.dataReceived(base64.b64encode(b"zid\0bob\0pw") + b"\r\n")
+        self.assertEqual(self.router.requests[0].user, b"bob")
+
+    def test_authenticate_cancelled(self) -> None:
+        """A C{*} response cancels the exchange with a tagged BAD."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE PLAIN\r\n*\r\nb NOOP\r\n")
+        self.assertEqual(
+            take(transport), b"+ \r\na BAD authentication cancelled\r\nb OK completed\r\n"
+        )
+
+    def test_authenticate_login(self) -> None:
+        """AUTHENTICATE LOGIN asks for user then password with nginx's prompts."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE LOGIN\r\n")
+        self.assertEqual(take(transport), b"+ VXNlcm5hbWU6\r\n")
+        front.dataReceived(base64.b64encode(b"bob") + b"\r\n")
+        self.assertEqual(take(transport), b"+ UGFzc3dvcmQ6\r\n")
+        front.dataReceived(base64.b64encode(b"pw") + b"\r\n")
+        request = self.router.requests[0]
+        self.assertEqual(
+            (request.method, request.user, request.password), ("plain", b"bob", b"pw")
+        )
+
+    def test_authenticate_cram_md5(self) -> None:
+        """CRAM-MD5 sends nginx's salt; the router gets the digest and the salt."""
+        front, transport = self.front(auth=["plain", "cram-md5"])
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE CRAM-MD5\r\n")
+        salt = b"<42.0@gw.example.org>"
+        self.assertEqual(take(transport), b"+ " + base64.b64encode(salt) + b"\r\n")
+        front.dataReceived(base64.b64encode(b"bob " + b"0" * 32) + b"\r\n")
+        request = self.router.requests[0]
+        self.assertEqual(
+            (request.method, request.user, request.password, request.salt),
+            ("cram-md5", b"bob", b"0" * 32, salt),
+        )
+
+    def test_mechanism_not_enabled(self) -> None:
+        """A mechanism missing from [imap] auth is an invalid command."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE CRAM-MD5\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\n")
+
+    def test_refused_closes(self) -> None:
+        """A router refusal without Auth-Wait is C{<tag> NO <message>} and a close."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Refuse("Invalid login or password")
+        front.dataReceived(b"a LOGIN alice wrong\r\n")
+        self.assertEqual(take(transport), b"a NO Invalid login or password\r\n")
+        self.assertTrue(transport.disconnecting)
+        front.connectionLost(Failure(Exception()))
+        [event] = self.access_events()
+        self.assertEqual((event["outcome"], event["user"]), ("auth failed", "alice"))
+
+    def test_refused_with_wait(self) -> None:
+        """With Auth-Wait the refusal is delayed and the client may try again."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Refuse("Try again\r\nlater", wait=3.0)
+        front.dataReceived(b"a LOGIN alice wrong\r\nb NOOP\r\n")
+        self.reactor.advance(2.9)
+        self.assertEqual(take(transport), b"")
+        self.reactor.advance(0.1)
+        self.assertEqual(take(transport), b"a NO Try again  later\r\nb OK completed\r\n")
+        self.assertFalse(transport.disconnecting)
+        front.dataReceived(b"c LOGIN alice other\r\n")
+        self.assertEqual([r.attempt for r in self.router.requests], [1, 2])
+
+    def test_router_unavailable(self) -> None:
+        """A router failure is nginx's C{* BAD internal server error} and a close."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: RouterUnavailable("down")
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        self.assertEqual(take(transport), b"* BAD internal server error\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_router_timeout(self) -> None:
+        """A router that never answers times out after [auth] timeout."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        self.reactor.advance(5.0)
+        self.assertEqual(take(transport), b"* BAD internal server error\r\n")
+
+    def test_client_leaves_during_lookup(self) -> None:
+        """A client that disconnects while the router thinks cancels the lookup."""
+        front, _transport = self.front()
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        front.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.router.pending[0].called, True)
+        self.assertEqual(self.access_events()[0]["outcome"], "client closed before login")
+
+    def test_input_paused_while_busy(self) -> None:
+        """While the login is pending, piled-up input pauses reading from the client."""
+        front, transport = self.front(max_line_length=512)
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        self.assertEqual(transport.producerState, "producing")
+        front.dataReceived(b"b NOOP\r\n" * 200)
+        self.assertEqual(transport.producerState, "paused")
+
+
+class BackendLoginTests(IMAPFrontTestCase):
+    """Logging in to the backend and switching to the relay."""
+
+    def login(
+        self, front: IMAPFront, transport: StringTransport, command: bytes = b"a LOGIN alice pw"
+    ) -> tuple[Any, StringTransport]:
+        take(transport)
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 1143),))
+        front.dataReceived(command + b"\r\n")
+        backend, backend_transport = backend_connection(self.reactor)
+        return backend, backend_transport
+
+    def test_login_with_id_and_capabilities(self) -> None:
+        """ID carries the client's address; the client's OK carries the backend's capabilities."""
+        front, transport = self.front()
+        backend, backend_transport = self.login(front, transport, b'a LOGIN alice "p w"')
+        backend.dataReceived(b"* OK [CAPABILITY " + BACKEND_CAPS + b"] Dovecot ready.\r\n")
+        self.assertEqual(
+            take(backend_transport),
+            b'R1 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "40000" '
+            b'"x-connected-ip" "127.0.0.1" "x-connected-port" "1143")\r\n',
+        )
+        backend.dataReceived(b'* ID ("name" "Dovecot")\r\nR1 OK ID completed.\r\n')
+        self.assertEqual(take(backend_transport), b'R2 LOGIN "alice" "p w"\r\n')
+        backend.dataReceived(b"* CAPABILITY " + POST_CAPS + b"\r\nR2 OK Logged in\r\n")
+        self.assertEqual(take(transport), b"a OK [CAPABILITY " + POST_CAPS + b"] Logged in\r\n")
+        # Now everything is relayed as is.
+        front.dataReceived(b"b SELECT INBOX\r\n")
+        self.assertEqual(take(backend_transport), b"b SELECT INBOX\r\n")
+        backend.dataReceived(b"* 3 EXISTS\r\n")
+        self.assertEqual(take(transport), b"* 3 EXISTS\r\n")
+
+    def test_login_literal_plus(self) -> None:
+        """Credentials that quoting can't carry go as LITERAL+ literals when offered."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(
+            front, transport, b"a LOGIN alice {3+}\r\np\xc3\xa4"
+        )
+        backend.dataReceived(b"* OK [CAPABILITY " + BACKEND_CAPS + b"] ready\r\n")
+        self.assertEqual(take(backend_transport), b'R1 LOGIN "alice" {3+}\r\np\xc3\xa4\r\n')
+
+    def test_login_sync_literal(self) -> None:
+        """Without LITERAL+, the front waits for the backend's continuation."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(
+            front, transport, b"a LOGIN alice {3+}\r\np\xc3\xa4"
+        )
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        self.assertEqual(take(backend_transport), b'R1 LOGIN "alice" {3}\r\n')
+        backend.dataReceived(b"+ OK\r\n")
+        self.assertEqual(take(backend_transport), b"p\xc3\xa4\r\n")
+        backend.dataReceived(b"R1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+        self.assertEqual(take(transport), b"a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+
+    def test_logindisabled_uses_authenticate_plain(self) -> None:
+        """A backend that says LOGINDISABLED gets AUTHENTICATE PLAIN (with SASL-IR here)."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(front, transport)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGINDISABLED AUTH=PLAIN] x\r\n")
+        self.assertEqual(
+            take(backend_transport),
+            b"R1 AUTHENTICATE PLAIN " + base64.b64encode(b"\0alice\0pw") + b"\r\n",
+        )
+
+    def test_authenticate_plain_without_sasl_ir(self) -> None:
+        """Without SASL-IR the response follows the backend's C{+}."""
+        front, transport = self.front(send_id=False, backend_login="plain")
+        backend, backend_transport = self.login(front, transport)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] x\r\n")
+        self.assertEqual(take(backend_transport), b"R1 AUTHENTICATE PLAIN\r\n")
+        backend.dataReceived(b"+ \r\n")
+        self.assertEqual(take(backend_transport), base64.b64encode(b"\0alice\0pw") + b"\r\n")
+
+    def test_greeting_without_capabilities(self) -> None:
+        """A greeting without capabilities makes the front ask for them."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(front, transport)
+        backend.dataReceived(b"* OK ready\r\n")
+        self.assertEqual(take(backend_transport), b"R1 CAPABILITY\r\n")
+        backend.dataReceived(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\nR1 OK done\r\n")
+        self.assertEqual(take(backend_transport), b'R2 LOGIN "alice" "pw"\r\n')
+        backend.dataReceived(b"R2 OK Logged in\r\n")
+        self.assertEqual(take(backend_transport), b"R3 CAPABILITY\r\n")
+        backend.dataReceived(b"* CAPABILITY IMAP4rev1 IDLE\r\nR3 OK done\r\n")
+        self.assertEqual(take(transport), b"a OK [CAPABILITY IMAP4rev1 IDLE] Logged in\r\n")
+
+    def test_rewritten_credentials(self) -> None:
+        """The router's user and password are what the backend sees."""
+        front, transport = self.front(send_id=False)
+        take(transport)
+        self.router.answer = lambda r: Accept(
+            (HostPort("127.0.0.1", 1143),), user=b"alice@real", password=b"other"
+        )
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        backend, backend_transport = backend_connection(self.reactor)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        self.assertEqual(take(backend_transport), b'R1 LOGIN "alice@real" "other"\r\n')
+
+    def test_backend_refusal_allows_retry(self) -> None:
+        """A backend NO becomes the client's NO; the session stays open for another try."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(front, transport)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        backend.dataReceived(b"R1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        self.assertEqual(take(transport), b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+        self.assertTrue(backend_transport.disconnecting)
+        self.assertFalse(transport.disconnecting)
+        front.dataReceived(b"b LOGIN alice pw2\r\n")
+        self.assertEqual(self.router.requests[-1].attempt, 2)
+
+    def test_backend_refusal_text_passed(self) -> None:
+        """With pass_error_message the backend's own text reaches the client."""
+        front, transport = self.front(send_id=False, pass_error_message=True)
+        backend, _ = self.login(front, transport)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\nR1 NO [UNAVAILABLE] busy\r\n")
+        self.assertEqual(take(transport), b"a NO [UNAVAILABLE] busy\r\n")
+
+    def test_too_many_failures_close(self) -> None:
+        """After max_login_failures refused logins the session closes."""
+        front, transport = self.front(send_id=False, max_login_failures=1)
+        backend, _ = self.login(front, transport)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\nR1 NO no\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_failover(self) -> None:
+        """A backend that refuses the connection is skipped for the next one."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 1), HostPort("127.0.0.1", 2)))
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        factory = self.reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[0], Failure(ConnectionRefusedError())
+        )
+        self.assertEqual([c[1] for c in self.reactor.tcpClients], [1, 2])
+
+    def test_all_backends_down(self) -> None:
+        """No reachable backend is nginx's internal server error."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 1),))
+        front.dataReceived(b"a LOGIN alice pw\r\n")
+        factory = self.reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(
+            self.reactor.connectors[0], Failure(ConnectionRefusedError())
+        )
+        self.assertEqual(take(transport), b"* BAD internal server error\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_backend_silent(self) -> None:
+        """A backend that never greets times out after [imap] timeout."""
+        front, transport = self.front(timeout=7.0)
+        self.login(front, transport)
+        self.reactor.advance(7.0)
+        self.assertEqual(take(transport), b"* BAD internal server error\r\n")
+
+    def test_pipelined_after_login(self) -> None:
+        """Commands sent right after LOGIN wait and reach the backend after the login."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(front, transport, b"a LOGIN alice pw\r\nb LIST")
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        self.assertEqual(take(backend_transport), b'R1 LOGIN "alice" "pw"\r\n')
+        backend.dataReceived(b"R1 OK [CAPABILITY IMAP4rev1] Logged in\r\n")
+        self.assertEqual(take(backend_transport), b"b LIST\r\n")
+
+    def test_access_log_after_relay(self) -> None:
+        """One access event when the relayed session ends, with bytes each way."""
+        front, transport = self.front(send_id=False)
+        backend, _backend_transport = self.login(front, transport)
+        backend.dataReceived(b"* OK [CAPABILITY IMAP4rev1] ready\r\n")
+        backend.dataReceived(b"R1 OK [CAPABILITY IMAP4rev1] Logged in\r\n")
+        front.dataReceived(b"b LOGOUT\r\n")
+        backend.dataReceived(b"* BYE\r\nb OK bye\r\n")
+        backend.connectionLost(Failure(Exception("closed")))
+        self.assertTrue(transport.disconnecting)
+        front.connectionLost(Failure(Exception("closed")))
+        [event] = self.access_events()
+        self.assertEqual(
+            {k: event[k] for k in ("protocol", "user", "backend", "outcome", "attempts")},
+            {
+                "protocol": "imap",
+                "user": "alice",
+                "backend": "127.0.0.1:1143",
+                "outcome": "backend closed",
+                "attempts": 1,
+            },
+        )
+        self.assertEqual((event["bytes_from_client"], event["bytes_from_backend"]), (10, 17))
