@@ -29,7 +29,6 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    connectProtocol,
 )
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -40,7 +39,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -273,6 +272,19 @@ class BackendClient(Protocol):
         """Nothing to do: the client's half-close reached the backend."""
 
 
+class _QuietFactory(ClientFactory):
+    """Builds one backend protocol without logging a start/stop line per connection."""
+
+    noisy = False
+
+    def __init__(self, make: Callable[[], BackendClient]) -> None:
+        self._make = make
+
+    @override
+    def buildProtocol(self, addr: Any) -> BackendClient:
+        return self._make()
+
+
 def backend_endpoint(reactor: Any, backend: HostPort, timeout: float) -> IStreamClientEndpoint:
     """A client endpoint for C{backend}: plain TCP for IP literals, resolving names otherwise."""
     try:
@@ -293,14 +305,15 @@ async def connect_backend(
     for backend in backends:
         try:
             endpoint = backend_endpoint(reactor, backend, timeout)
-            protocol = await connectProtocol(endpoint, make())
+            connected = await endpoint.connect(_QuietFactory(make))
         except CancelledError:
             raise
         except Exception as e:
             log.info("backend {backend} unreachable: {error}", backend=str(backend), error=e)
             error = e
             continue
-        return protocol, backend
+        assert isinstance(connected, BackendClient)
+        return connected, backend
     raise error
 
 

@@ -73,6 +73,8 @@ class Splice:
         self._how = ""
         self._client_gone = False
         self._backend_gone = False
+        self._client_eof = False
+        self._backend_eof = False
         self._finished = False
         for transport in (client, backend):
             set_no_delay(transport)
@@ -98,11 +100,13 @@ class Splice:
     def client_eof(self) -> None:
         """The client will send no more: tell the backend once what is buffered has gone."""
         self._first("client closed")
+        self._client_eof = True
         self._half_close(self._backend)
 
     def backend_eof(self) -> None:
         """The backend will send no more: tell the client once what is buffered has gone."""
         self._first("backend closed")
+        self._backend_eof = True
         self._half_close(self._client)
 
     def client_lost(self, reason: Failure) -> None:
@@ -127,10 +131,13 @@ class Splice:
 
     def _half_close(self, transport: ITransport) -> None:
         lose_write = getattr(transport, "loseWriteConnection", None)
-        if lose_write is not None:
+        if lose_write is not None and not (self._client_eof and self._backend_eof):
             lose_write()
-        else:
-            transport.loseConnection()
+            return
+        # Both directions are finished: Twisted reports no loss for a connection that was
+        # half-closed both ways, so close both for real (after their buffers are sent).
+        for end in (self._client, self._backend):
+            end.loseConnection()
 
     def _check_idle(self) -> None:
         idle = self._clock.seconds() - self._last_activity

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from relaygate.config import Config, ListenConfig, parse
 from relaygate.routing.router import AuthRequest, Decision
@@ -83,3 +88,107 @@ def backend_connection(
     )
     protocol.makeConnection(transport)
     return protocol, transport
+
+
+@implementer(ILogObserver)
+class Gateway:
+    """A front factory listening on 127.0.0.1:0 on the real reactor, for integration tests.
+
+    Each session logs one C{relaygate.access} event when it ends; cleanup waits until every
+    session built has logged it, so no connection outlives its test.
+    """
+
+    def __init__(self, factory: Factory) -> None:
+        self.factory = factory
+        self.port = 0
+        self.events: list[LogEvent] = []
+        self._built = 0
+        self._waiters: list[Deferred[None]] = []
+        build = factory.buildProtocol
+
+        def counting_build(addr: Any) -> Any:
+            self._built += 1
+            return build(addr)
+
+        factory.buildProtocol = counting_build  # type: ignore[method-assign]
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_namespace") == "relaygate.access":
+            self.events.append(event)
+            self._check()
+
+    def _check(self) -> None:
+        if len(self.events) >= self._built:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def all_ended(self) -> Deferred[None]:
+        """Fires once every session built so far has ended."""
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        self._check()
+        return waiter
+
+
+async def start_gateway(case: TestCase, factory: Factory) -> Gateway:
+    """Listen with C{factory} on 127.0.0.1:0; cleanups wait for its sessions, then stop it."""
+    from twisted.internet import reactor
+
+    gateway = Gateway(factory)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    gateway.port = port.getHost().port  # type: ignore[attr-defined]
+    globalLogPublisher.addObserver(gateway)
+    case.addCleanup(globalLogPublisher.removeObserver, gateway)
+    case.addCleanup(port.stopListening)
+    case.addCleanup(lambda: gateway.all_ended().addTimeout(30, reactor))
+    return gateway
+
+
+def config_for(backend_port: int, auth_url: str = "", **sections: dict[str, Any]) -> Config:
+    """A config routing imap and pop3 to 127.0.0.1:C{backend_port} (or to an auth service)."""
+    data: dict[str, Any] = {
+        "server": {"name": "gw.example.org", "connect_timeout": 5.0},
+        "listen": [
+            {"protocol": "imap", "address": "127.0.0.1:1143"},
+            {"protocol": "pop3", "address": "127.0.0.1:1110"},
+        ],
+        "route": [
+            {"protocol": "*", "match": "*", "backends": [f"127.0.0.1:{backend_port}"]},
+        ],
+    }
+    if auth_url:
+        data["auth"] = {"http": auth_url, "timeout": 5.0}
+    data.update(sections)
+    return parse(data, "test.toml")
+
+
+class RawClient:
+    """A blocking socket client for exact bytes; run its calls through C{deferToThread}."""
+
+    def __init__(self, port: int, source: str = "") -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=30, source_address=(source, 0) if source else None
+        )
+        self.file = self.sock.makefile("rb")
+
+    def line(self) -> bytes:
+        """The next line, CRLF included (b"" at end of stream)."""
+        line: bytes = self.file.readline()
+        return line
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def until(self, prefix: bytes) -> list[bytes]:
+        """Lines up to and including the first that starts with C{prefix}."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line)
+            if not line or line.startswith(prefix):
+                return lines
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import imaplib
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.config import HostPort
 from relaygate.imap import IMAPFront, IMAPFrontFactory
 from relaygate.imap_syntax import Command, Continue, Invalid, astring, parse_command, parse_line
-from relaygate.routing.router import Accept, Refuse, RouterUnavailable
+from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
+from relaygate.routing.table import TableRouter
+from tests.authservice import ok_to, start_auth_service
+from tests.dovecot import Dovecot, dovecot_for, free_port
 from tests.fronts import (
+    Gateway,
+    RawClient,
     ScriptedRouter,
     backend_connection,
+    config_for,
     connect_front,
     listener,
     make_config,
+    start_gateway,
     take,
 )
 
@@ -561,3 +572,264 @@ class BackendLoginTests(IMAPFrontTestCase):
             },
         )
         self.assertEqual((event["bytes_from_client"], event["bytes_from_backend"]), (10, 17))
+
+
+PASSWORD = 'p w%"x'
+UTF8_PASSWORD = 'ä p%"ß'
+
+
+def big_message(size: int) -> bytes:
+    """A message of about C{size} bytes with CRLF lines, different on every line."""
+    header = b"From: a@example.org\r\nTo: alice@example.org\r\nSubject: big\r\n\r\n"
+    lines = [b"%08d " % i + b"x" * 66 + b"\r\n" for i in range(size // 76)]
+    return header + b"".join(lines)
+
+
+class DovecotIMAPTests(TestCase):
+    """The IMAP front against a real Dovecot, with imaplib and raw sockets."""
+
+    message = b"From: a@example.org\r\nSubject: hello\r\n\r\nHello, world.\r\n"
+    big = big_message(50 * 1024 * 1024)
+
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]  # trial waits for it
+        return Deferred.fromCoroutine(self.start_dovecot())
+
+    async def start_dovecot(self) -> None:
+        def prepare(dovecot: Dovecot) -> None:
+            dovecot.deliver("alice@example.org", self.message)
+            dovecot.deliver("big@example.org", self.big)
+
+        users = {
+            "alice@example.org": PASSWORD,
+            "utf8@example.org": UTF8_PASSWORD,
+            "big@example.org": "big",
+            "bob@example.org": "right",
+        }
+        self.dovecot = await dovecot_for(self, users, prepare)
+
+    async def gateway(self, auth_url: str = "", backend_port: int = 0, **imap: Any) -> Gateway:
+        from twisted.internet import reactor
+
+        config = config_for(backend_port or self.dovecot.imap_port, auth_url, imap=imap)
+        router: Router
+        if auth_url:
+            from relaygate.routing.http import new_http_router
+
+            router, pool = new_http_router(config.auth, reactor)
+            pool.startService()
+            self.addCleanup(pool.stopService)
+        else:
+            router = TableRouter(config.routes)
+        factory = IMAPFrontFactory(config, config.listen[0], router, reactor)
+        return await start_gateway(self, factory)
+
+    async def test_imaplib_login_and_fetch(self) -> None:
+        """imaplib logs in with a quoted password holding space, %, and a quote, and fetches."""
+        gateway = await self.gateway()
+
+        def session() -> tuple[Any, ...]:
+            with imaplib.IMAP4("127.0.0.1", gateway.port, timeout=30) as client:
+                login = client.login("alice@example.org", PASSWORD)
+                client.select("INBOX")
+                _, data = client.fetch("1", "(BODY.PEEK[])")
+                client.logout()
+                return login, data[0]
+
+        login, fetched = await deferToThread(session)
+        self.assertEqual(login[0], "OK")
+        self.assertTrue(login[1][0].startswith(b"[CAPABILITY IMAP4rev1 "))
+        self.assertTrue(login[1][0].endswith(b"] Logged in"))
+        self.assertEqual(fetched[1], self.message)
+        await gateway.all_ended()
+        [event] = gateway.events
+        self.assertEqual(
+            (event["user"], event["backend"], event["outcome"]),
+            ("alice@example.org", f"127.0.0.1:{self.dovecot.imap_port}", "backend closed"),
+        )
+
+    async def test_literal_utf8_password_and_capabilities(self) -> None:
+        """A UTF-8 password in a synchronizing literal; the OK carries Dovecot's capabilities."""
+        gateway = await self.gateway()
+        password = UTF8_PASSWORD.encode()
+
+        def session() -> list[bytes]:
+            client = RawClient(gateway.port)
+            try:
+                lines = [client.line()]
+                client.send(b"a LOGIN utf8@example.org {%d}\r\n" % len(password))
+                lines.append(client.line())
+                client.send(password + b"\r\n")
+                lines += client.until(b"a ")
+                client.send(b"b LOGOUT\r\n")
+                lines += client.until(b"b ")
+                return lines
+            finally:
+                client.close()
+
+        lines = await deferToThread(session)
+        self.assertEqual(lines[0], GREETING)
+        self.assertEqual(lines[1], b"+ OK\r\n")
+        self.assertTrue(lines[2].startswith(b"a OK [CAPABILITY IMAP4rev1 "), lines[2])
+        self.assertIn(b" MOVE ", lines[2])
+        self.assertTrue(lines[2].endswith(b"] Logged in\r\n"))
+        self.assertTrue(lines[-1].startswith(b"b OK Logout completed"))
+
+    async def test_authenticate_plain_with_and_without_sasl_ir(self) -> None:
+        """AUTHENTICATE PLAIN works with an initial response and after a continuation."""
+        gateway = await self.gateway()
+        response = base64.b64encode(b"\0alice@example.org\0" + PASSWORD.encode())
+
+        def session(initial: bool) -> bytes:
+            client = RawClient(gateway.port)
+            try:
+                client.line()
+                if initial:
+                    client.send(b"a AUTHENTICATE PLAIN " + response + b"\r\n")
+                else:
+                    client.send(b"a AUTHENTICATE PLAIN\r\n")
+                    self.assertEqual(client.line(), b"+ \r\n")
+                    client.send(response + b"\r\n")
+                answer = client.until(b"a ")[-1]
+                client.send(b"b LOGOUT\r\n")
+                client.until(b"b ")
+                return answer
+            finally:
+                client.close()
+
+        for initial in (True, False):
+            answer = await deferToThread(session, initial)
+            self.assertTrue(answer.startswith(b"a OK [CAPABILITY "), answer)
+
+    async def test_id_before_login_and_client_address(self) -> None:
+        """ID before login is answered; Dovecot logs the client's address from the gateway's ID."""
+        gateway = await self.gateway()
+        start = len(self.dovecot.log)
+
+        def session() -> list[bytes]:
+            client = RawClient(gateway.port, source="127.0.0.2")
+            try:
+                client.line()
+                client.send(b'a ID ("name" "test")\r\n')
+                lines = client.until(b"a ")
+                client.send(b'b LOGIN alice@example.org "p w%\\"x"\r\nc LOGOUT\r\n')
+                lines += client.until(b"c ")
+                return lines
+            finally:
+                client.close()
+
+        lines = await deferToThread(session)
+        self.assertEqual(lines[:2], [b"* ID NIL\r\n", b"a OK completed\r\n"])
+        self.assertTrue(lines[2].startswith(b"b OK [CAPABILITY"))
+        line = await deferToThread(
+            self.dovecot.wait_for_log, "Login: user=<alice@example.org>", 30, start
+        )
+        self.assertIn("rip=127.0.0.2,", line)
+
+    async def test_credentials_rewritten_by_auth_service(self) -> None:
+        """The auth service sees nginx's headers and its Auth-User/Auth-Pass reach Dovecot."""
+        service = await start_auth_service(
+            self,
+            ok_to(
+                "127.0.0.1",
+                self.dovecot.imap_port,
+                Auth_User="alice@example.org",
+                Auth_Pass=PASSWORD,
+            ),
+        )
+        gateway = await self.gateway(auth_url=service.url)
+
+        def session() -> tuple[Any, ...]:
+            with imaplib.IMAP4("127.0.0.1", gateway.port, timeout=30) as client:
+                login = client.login("alias", 'a %b"')
+                client.logout()
+                return login
+
+        login = await deferToThread(session)
+        self.assertEqual(login[0], "OK")
+        [headers] = service.requests
+        self.assertEqual(
+            {k: headers[k] for k in ("auth-method", "auth-user", "auth-pass", "auth-protocol")},
+            {
+                "auth-method": "plain",
+                "auth-user": "alias",
+                "auth-pass": 'a%20%25b"',
+                "auth-protocol": "imap",
+            },
+        )
+        self.assertEqual((headers["auth-login-attempt"], headers["client-ip"]), ("1", "127.0.0.1"))
+
+    async def internal_error(self, gateway: Gateway) -> list[bytes]:
+        def session() -> list[bytes]:
+            client = RawClient(gateway.port)
+            try:
+                client.line()
+                client.send(b"a LOGIN alice@example.org pw\r\n")
+                return [client.line(), client.line()]
+            finally:
+                client.close()
+
+        return await deferToThread(session)
+
+    async def test_auth_service_down(self) -> None:
+        """An auth service that can't be reached: nginx's internal error, then close."""
+        gateway = await self.gateway(auth_url=f"http://127.0.0.1:{free_port()}/auth")
+        self.assertEqual(
+            await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
+        )
+
+    async def test_auth_service_garbage(self) -> None:
+        """An auth service answering garbage: nginx's internal error, then close."""
+        service = await start_auth_service(self, lambda headers: b"garbage\r\n\r\n")
+        gateway = await self.gateway(auth_url=service.url)
+        self.assertEqual(
+            await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
+        )
+
+    async def test_backend_down(self) -> None:
+        """A backend that refuses connections: nginx's internal error, then close."""
+        gateway = await self.gateway(backend_port=free_port())
+        self.assertEqual(
+            await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
+        )
+
+    async def test_large_fetch_byte_identical(self) -> None:
+        """A 50 MiB message comes through the relay byte for byte."""
+        gateway = await self.gateway()
+
+        def session() -> bytes:
+            with imaplib.IMAP4("127.0.0.1", gateway.port, timeout=60) as client:
+                client.login("big@example.org", "big")
+                client.select("INBOX", readonly=True)
+                _, data = client.fetch("1", "(BODY.PEEK[])")
+                client.logout()
+                item = data[0]
+                assert isinstance(item, tuple)
+                body = item[1]
+                return body
+
+        body = await deferToThread(session)
+        self.assertEqual(len(body), len(self.big))
+        self.assertEqual(hashlib.sha256(body).hexdigest(), hashlib.sha256(self.big).hexdigest())
+        await gateway.all_ended()
+        self.assertGreater(gateway.events[0]["bytes_from_backend"], len(self.big))
+
+    async def test_wrong_password_then_right_one(self) -> None:
+        """Dovecot's refusal reaches the client as NO; the next LOGIN in the session works."""
+        gateway = await self.gateway()
+
+        def session() -> list[bytes]:
+            client = RawClient(gateway.port)
+            try:
+                client.line()
+                client.send(b"a LOGIN bob@example.org wrong\r\n")
+                lines = client.until(b"a ")
+                client.send(b"b LOGIN bob@example.org right\r\nc LOGOUT\r\n")
+                lines += client.until(b"b ")
+                lines += client.until(b"c ")
+                return lines
+            finally:
+                client.close()
+
+        lines = await deferToThread(session)
+        self.assertEqual(lines[0], b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n")
+        self.assertTrue(lines[1].startswith(b"b OK [CAPABILITY "))

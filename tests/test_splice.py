@@ -70,12 +70,13 @@ class SpliceTests(SynchronousTestCase):
         self.assertEqual(self.ends, [SpliceEnd("idle timeout", 0, 17, 90.0)])
 
     def test_half_close(self) -> None:
-        """A client half-close reaches the backend as a half-close."""
+        """A half-close passes through; once both sides are done, both are closed."""
         self.splice.client_eof()
         self.assertTrue(self.backend.write_closed)
         self.assertFalse(self.backend.disconnecting)
         self.splice.backend_eof()
-        self.assertTrue(self.client.write_closed)
+        self.assertFalse(self.client.write_closed)
+        self.assertTrue(self.client.disconnecting and self.backend.disconnecting)
 
     def test_end_reported_once_both_closed(self) -> None:
         """The end is reported when both are gone, named after the first to go."""
