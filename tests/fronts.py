@@ -192,3 +192,10 @@ class RawClient:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+def big_message(size: int) -> bytes:
+    """A message of about C{size} bytes with CRLF lines, different on every line."""
+    header = b"From: a@example.org\r\nTo: alice@example.org\r\nSubject: big\r\n\r\n"
+    lines = [b"%08d " % i + b"x" * 66 + b"\r\n" for i in range(size // 76)]
+    return header + b"".join(lines)

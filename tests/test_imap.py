@@ -27,6 +27,7 @@ from tests.fronts import (
     RawClient,
     ScriptedRouter,
     backend_connection,
+    big_message,
     config_for,
     connect_front,
     listener,
@@ -578,13 +579,6 @@ PASSWORD = 'p w%"x'
 UTF8_PASSWORD = 'ä p%"ß'
 
 
-def big_message(size: int) -> bytes:
-    """A message of about C{size} bytes with CRLF lines, different on every line."""
-    header = b"From: a@example.org\r\nTo: alice@example.org\r\nSubject: big\r\n\r\n"
-    lines = [b"%08d " % i + b"x" * 66 + b"\r\n" for i in range(size // 76)]
-    return header + b"".join(lines)
-
-
 class DovecotIMAPTests(TestCase):
     """The IMAP front against a real Dovecot, with imaplib and raw sockets."""
 
@@ -643,9 +637,11 @@ class DovecotIMAPTests(TestCase):
         await gateway.all_ended()
         [event] = gateway.events
         self.assertEqual(
-            (event["user"], event["backend"], event["outcome"]),
-            ("alice@example.org", f"127.0.0.1:{self.dovecot.imap_port}", "backend closed"),
+            (event["user"], event["backend"]),
+            ("alice@example.org", f"127.0.0.1:{self.dovecot.imap_port}"),
         )
+        # After LOGOUT both close at once; which FIN arrives first is up to the scheduler.
+        self.assertIn(event["outcome"], ("backend closed", "client closed"))
 
     async def test_literal_utf8_password_and_capabilities(self) -> None:
         """A UTF-8 password in a synchronizing literal; the OK carries Dovecot's capabilities."""

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import poplib
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.config import ConfigError, HostPort
 from relaygate.pop3 import POP3Front, POP3FrontFactory
-from relaygate.routing.router import Accept, Refuse, RouterUnavailable
+from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
+from relaygate.routing.table import TableRouter
+from tests.authservice import start_auth_service
+from tests.dovecot import Dovecot, dovecot_for
 from tests.fronts import (
+    Gateway,
+    RawClient,
     ScriptedRouter,
     backend_connection,
+    big_message,
+    config_for,
     connect_front,
     listener,
     make_config,
+    start_gateway,
     take,
 )
 
@@ -250,3 +262,157 @@ class POP3BackendTests(POP3TestCase):
         backend, _ = self.login(front, transport)
         backend.connectionLost(Failure(Exception("gone")))
         self.assertEqual(take(transport), b"-ERR internal server error\r\n")
+
+
+class DovecotPOP3Tests(TestCase):
+    """The POP3 front against a real Dovecot, with poplib and raw sockets."""
+
+    message = b"From: a@example.org\r\nSubject: hello\r\n\r\n.leading dot\r\nHello.\r\n"
+    big = big_message(10 * 1024 * 1024)
+
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]  # trial waits for it
+        return Deferred.fromCoroutine(self.start_dovecot())
+
+    async def start_dovecot(self) -> None:
+        def prepare(dovecot: Dovecot) -> None:
+            dovecot.deliver("alice@example.org", self.message)
+            dovecot.deliver("big@example.org", self.big)
+
+        users = {
+            "alice@example.org": "p w%x",
+            "apop@example.org": "apop secret",
+            "big@example.org": "big",
+            "carol@example.org": "right",
+        }
+        self.dovecot = await dovecot_for(self, users, prepare)
+
+    async def gateway(self, auth_url: str = "", **pop3: Any) -> Gateway:
+        from twisted.internet import reactor
+
+        config = config_for(self.dovecot.pop3_port, auth_url, pop3=pop3)
+        router: Router
+        if auth_url:
+            from relaygate.routing.http import new_http_router
+
+            router, pool = new_http_router(config.auth, reactor)
+            pool.startService()
+            self.addCleanup(pool.stopService)
+        else:
+            router = TableRouter(config.routes)
+        factory = POP3FrontFactory(config, config.listen[1], router, reactor)
+        return await start_gateway(self, factory)
+
+    async def test_user_pass_and_retr(self) -> None:
+        """poplib logs in with USER/PASS (a password with spaces) and retrieves a message."""
+        gateway = await self.gateway()
+
+        def session() -> tuple[bytes, list[bytes]]:
+            client = poplib.POP3("127.0.0.1", gateway.port, timeout=30)
+            try:
+                client.user("alice@example.org")
+                welcome = client.pass_("p w%x")
+                _, lines, _ = client.retr(1)
+                return welcome, lines
+            finally:
+                client.quit()
+
+        welcome, lines = await deferToThread(session)
+        self.assertEqual(welcome, b"+OK Logged in.")
+        self.assertEqual(b"\r\n".join(lines) + b"\r\n", self.message)
+
+    async def test_apop_with_auth_service(self) -> None:
+        """APOP's digest is checked by the auth service, whose Auth-Pass logs in at Dovecot."""
+
+        def respond(headers: dict[str, str]) -> dict[str, str]:
+            expected = hashlib.md5((headers["auth-salt"] + "apop secret").encode()).hexdigest()
+            if headers["auth-method"] != "apop" or headers["auth-pass"] != expected:
+                return {"Auth-Status": "Invalid login or password"}
+            return {
+                "Auth-Status": "OK",
+                "Auth-Server": "127.0.0.1",
+                "Auth-Port": str(self.dovecot.pop3_port),
+                "Auth-Pass": "apop secret",
+            }
+
+        service = await start_auth_service(self, respond)
+        gateway = await self.gateway(auth_url=service.url, auth=["user", "apop"])
+
+        def session() -> bytes:
+            client = poplib.POP3("127.0.0.1", gateway.port, timeout=30)
+            try:
+                answer: bytes = client.apop("apop@example.org", "apop secret")
+                return answer
+            finally:
+                client.quit()
+
+        self.assertEqual(await deferToThread(session), b"+OK Logged in.")
+        self.assertRegex(service.requests[0]["auth-salt"], r"^<\d+\.\d+@gw\.example\.org>$")
+
+    async def test_auth_plain_and_client_address(self) -> None:
+        """AUTH PLAIN logs in; Dovecot logs the client address the gateway sent with XCLIENT."""
+        gateway = await self.gateway()
+        start = len(self.dovecot.log)
+        response = base64.b64encode(b"\0alice@example.org\0p w%x")
+
+        def session() -> list[bytes]:
+            client = RawClient(gateway.port, source="127.0.0.2")
+            try:
+                lines = [client.line()]
+                client.send(b"AUTH PLAIN " + response + b"\r\nQUIT\r\n")
+                lines += [client.line(), client.line()]
+                return lines
+            finally:
+                client.close()
+
+        lines = await deferToThread(session)
+        self.assertEqual(
+            lines, [b"+OK POP3 ready\r\n", b"+OK Logged in.\r\n", b"+OK Logging out.\r\n"]
+        )
+        line = await deferToThread(
+            self.dovecot.wait_for_log, "Login: user=<alice@example.org>", 30, start
+        )
+        self.assertIn("rip=127.0.0.2,", line)
+
+    async def test_large_retr_byte_identical(self) -> None:
+        """A 10 MiB message comes through RETR unchanged (dot-stuffing and all)."""
+        gateway = await self.gateway()
+
+        def session() -> list[bytes]:
+            client = poplib.POP3("127.0.0.1", gateway.port, timeout=60)
+            try:
+                client.user("big@example.org")
+                client.pass_("big")
+                _, lines, _ = client.retr(1)
+                return lines
+            finally:
+                client.quit()
+
+        lines = await deferToThread(session)
+        self.assertEqual(b"\r\n".join(lines) + b"\r\n", self.big)
+
+    async def test_wrong_password_then_right_one(self) -> None:
+        """Dovecot's -ERR reaches the client; the next USER/PASS in the session works."""
+        gateway = await self.gateway()
+
+        def session() -> list[bytes]:
+            client = RawClient(gateway.port)
+            try:
+                client.line()
+                client.send(b"USER carol@example.org\r\nPASS wrong\r\n")
+                lines = [client.line(), client.line()]
+                client.send(b"USER carol@example.org\r\nPASS right\r\nQUIT\r\n")
+                lines += [client.line(), client.line(), client.line()]
+                return lines
+            finally:
+                client.close()
+
+        self.assertEqual(
+            await deferToThread(session),
+            [
+                b"+OK\r\n",
+                b"-ERR [AUTH] Authentication failed\r\n",
+                b"+OK\r\n",
+                b"+OK Logged in.\r\n",
+                b"+OK Logging out.\r\n",
+            ],
+        )
