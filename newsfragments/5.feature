@@ -1,0 +1,1 @@
+relaygate now proxies IMAP and POP3 like nginx's mail module: pre-auth commands, auth_http or [[route]] routing, backend login with the client's address (ID, XCLIENT), and a flow-controlled relay; see docs/imap-pop3.md and the [imap] and [pop3] sections of docs/config.md.
