@@ -42,8 +42,12 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if self.is_ipv6 else f"{self.host}:{self.port}"
 
 
-def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
+def parse_host_port(
+    text: str, default_port: int | None = None, any_port: bool = False
+) -> HostPort:
     """Parse ``host:port``, ``[v6]:port`` (or a bare host when C{default_port} is given).
+
+    C{any_port} allows port 0 (a listener on a port the kernel picks, as tests use).
 
     @raise ValueError: with a short reason when C{text} is not an address.
     """
@@ -74,7 +78,7 @@ def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
         if default_port is None:
             raise ValueError("missing ':PORT'")
         return HostPort(host, default_port)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not port_text.isdigit() or not (0 if any_port else 1) <= int(port_text) < 65536:
         raise ValueError(f"{port_text!r} is not a port number (1-65535)")
     return HostPort(host, int(port_text))
 
@@ -298,13 +302,13 @@ class _Table:
                 raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
         return values
 
-    def address(self, key: str, default: HostPort = _MISSING) -> HostPort:
+    def address(self, key: str, default: HostPort = _MISSING, any_port: bool = False) -> HostPort:
         if key not in self.data and default is not _MISSING:
             self.used.add(key)
             return default
         text = self.string(key)
         try:
-            return parse_host_port(text)
+            return parse_host_port(text, any_port=any_port)
         except ValueError as e:
             raise self.error(key, f"{text!r}: {e}") from None
 
@@ -347,8 +351,6 @@ def _read_server(t: _Table) -> ServerConfig:
         workers = workers_raw
     else:
         raise t.error("workers", f'expected a number of processes or "auto", got {workers_raw!r}')
-    if workers != 1:
-        raise t.error("workers", "only 1 is supported by this version")
     server = ServerConfig(
         name=t.string("name", socket.getfqdn() or "localhost"),
         workers=workers,
@@ -365,7 +367,7 @@ def _read_server(t: _Table) -> ServerConfig:
 def _read_listen(t: _Table) -> ListenConfig:
     listen = ListenConfig(
         protocol=t.choice("protocol", PROTOCOLS),
-        address=t.address("address"),
+        address=t.address("address", any_port=True),
         tls=t.choice("tls", LISTEN_TLS_MODES, "none"),
         proxy_protocol=t.boolean("proxy_protocol", False),
     )
@@ -615,7 +617,8 @@ def _check_consistency(root: _Table, config: Config) -> None:
             raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")
         if listen.tls not in ("none", "implicit"):
             raise root.error(
-                f"listen[{index}].tls", 'only "none" and "implicit" are supported by this version'
+                f"listen[{index}].tls",
+                f'only "none" and "implicit" are supported for {listen.protocol} by this version',
             )
         if listen.proxy_protocol:
             raise root.error(f"listen[{index}].proxy_protocol", "is not supported by this version")

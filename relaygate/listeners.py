@@ -74,11 +74,21 @@ def tls_reload_service(config: Config, reactor: IReactorFromThreads) -> IService
     return service
 
 
-def server_endpoint(listen: ListenConfig, config: Config, reactor: Any) -> IStreamServerEndpoint:
-    """The endpoint for C{listen}: TCP on its address, wrapped in TLS for C{tls = "implicit"}."""
+def server_endpoint(
+    listen: ListenConfig,
+    config: Config,
+    reactor: Any,
+    base: IStreamServerEndpoint | None = None,
+) -> IStreamServerEndpoint:
+    """The endpoint for C{listen}: TCP on its address, wrapped in TLS for C{tls = "implicit"}.
+
+    @param base: the endpoint to wrap instead of a new TCP one (a worker's adopted socket).
+    """
     address = listen.address
     endpoint: IStreamServerEndpoint
-    if address.is_ipv6:
+    if base is not None:
+        endpoint = base
+    elif address.is_ipv6:
         endpoint = TCP6ServerEndpoint(reactor, address.port, backlog=511, interface=address.host)
     else:
         endpoint = TCP4ServerEndpoint(reactor, address.port, backlog=511, interface=address.host)

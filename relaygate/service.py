@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
 from relaygate.config import Config, ListenConfig
@@ -54,17 +55,28 @@ FACTORIES: dict[str, FactoryMaker] = {
 }
 
 
-def build_service(config: Config, reactor: Any) -> MultiService:
-    """Everything twistd runs for C{config}, built on C{reactor}."""
+def build_service(
+    config: Config,
+    reactor: Any,
+    adopted: Mapping[str, IStreamServerEndpoint] | None = None,
+    with_demo: bool = True,
+) -> MultiService:
+    """Everything one relaygate process runs for C{config}, built on C{reactor}.
+
+    @param adopted: endpoints for already-bound sockets, by listen address (in a worker).
+    @param with_demo: whether this process runs the demo backend (a worker's parent does).
+    """
     top = MultiService()
-    if config.demo is not None:
+    if with_demo and config.demo is not None:
         from relaygate.demo import demo_service
 
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
     router = build_router(config, reactor, top)
     for listen in config.listen:
         factory = FACTORIES[listen.protocol](config, listen, router, reactor)
-        service = StreamServerEndpointService(server_endpoint(listen, config, reactor), factory)
+        base = (adopted or {}).get(str(listen.address))
+        endpoint = server_endpoint(listen, config, reactor, base)
+        service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True
         service.setServiceParent(top)
     return top

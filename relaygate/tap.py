@@ -49,7 +49,11 @@ def makeService(
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor  # type: ignore[assignment]
+    config = options.config if isinstance(options, Options) else options["config"]
+    if config.server.workers > 1:
+        from relaygate.workers import pool_service
+
+        return pool_service(config, reactor)
     from relaygate.service import build_service
 
-    config = options.config if isinstance(options, Options) else options["config"]
     return build_service(config, reactor)

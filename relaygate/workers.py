@@ -1,0 +1,265 @@
+"""``[server] workers = N``: N processes share every listening socket, like nginx's workers.
+
+The parent (the twistd process) binds each C{[[listen]]} socket once and starts N children with
+those sockets as inherited file descriptors; each child adopts them with
+L{IReactorSocket.adoptStreamPort} and runs the ordinary service tree, so the kernel spreads
+connections over the children. The parent restarts a child that dies and stops them all on
+SIGTERM. Children send their log events to the parent as JSON lines on their stdout, so one
+twistd log holds everything, each event tagged with the worker's number and pid.
+
+Run a child by hand with ``python -m relaygate.workers -c FILE --fd FD:ADDRESS ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger, eventFromJSON, globalLogBeginner, jsonFileLogObserver
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from relaygate.config import Config, HostPort, ListenConfig, load
+
+RESTART_DELAY = 1.0
+STOP_GRACE = 10.0
+
+
+def bind_listener(address: HostPort) -> socket.socket:
+    """A listening, non-blocking socket on C{address}, ready to be shared with children."""
+    family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if address.is_ipv6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((address.host, address.port))
+    sock.listen(511)
+    sock.setblocking(False)
+    return sock
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """An endpoint that listens on a socket the parent already bound (by file descriptor)."""
+
+    def __init__(self, reactor: Any, fd: int, family: socket.AddressFamily) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        """Adopt the descriptor for C{factory}; the reactor duplicates it, so ours is closed."""
+        port: IListeningPort = self._reactor.adoptStreamPort(self._fd, self._family, factory)
+        os.close(self._fd)
+        return succeed(port)
+
+
+class _WorkerProcess(ProcessProtocol):
+    """The parent's view of one child: its log lines and its end."""
+
+    def __init__(self, pool: WorkerPool, number: int) -> None:
+        self._pool = pool
+        self.number = number
+        self._partial = b""
+        self.ended: Deferred[None] = Deferred()
+
+    @override
+    def outReceived(self, data: bytes) -> None:
+        # Children write one JSON event per line (jsonFileLogObserver uses the RS separator).
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._pool.relay_event(self.number, line)
+
+    @override
+    def errReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            WorkerPool._log.error("worker {worker} stderr: {line}", worker=self.number, line=line)
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        self._pool.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """Owns the listening sockets and keeps C{count} children running on them."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        count: int,
+        reactor: Any,
+        python: str = sys.executable,
+    ) -> None:
+        self._config = config
+        self._count = count
+        self._reactor = reactor
+        self._python = python
+        self._sockets: list[tuple[ListenConfig, socket.socket]] = []
+        self.workers: dict[int, tuple[_WorkerProcess, Any]] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self.started: dict[int, Deferred[int]] = {}
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        self._sockets = [(listen, bind_listener(listen.address)) for listen in self._config.listen]
+        for number in range(self._count):
+            self._spawn(number)
+
+    def addresses(self) -> list[tuple[ListenConfig, HostPort]]:
+        """Each listener with the address it is bound to (port 0 resolved)."""
+        result = []
+        for listen, sock in self._sockets:
+            host, port = sock.getsockname()[:2]
+            result.append((listen, HostPort(host, port)))
+        return result
+
+    def _spawn(self, number: int) -> None:
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        args = [self._python, "-m", "relaygate.workers", "-c", self._config.path]
+        for index, (listen, sock) in enumerate(self._sockets):
+            fd = 3 + index
+            child_fds[fd] = sock.fileno()
+            args += ["--fd", f"{fd}:{listen.address}"]
+        process = _WorkerProcess(self, number)
+        self.started.setdefault(number, Deferred())
+        transport = self._reactor.spawnProcess(
+            process, self._python, args, env=dict(os.environ), childFDs=child_fds
+        )
+        self.workers[number] = (process, transport)
+        self._log.info("started worker {worker} (pid {pid})", worker=number, pid=transport.pid)
+
+    def relay_event(self, number: int, line: bytes) -> None:
+        """Re-emit a child's JSON log event in this process, tagged with the worker."""
+        text = line.strip(b"\x1e \r\n").decode("utf-8", "replace")
+        if not text:
+            return
+        try:
+            event = eventFromJSON(text)
+        except ValueError:
+            self._log.warn("worker {worker} wrote {line!r}", worker=number, line=text)
+            return
+        event["worker"] = number
+        if event.get("relaygate_worker_ready"):
+            ready = self.started.get(number)
+            if ready is not None and not ready.called:
+                ready.callback(event.get("pid", 0))
+        self._log.observer(event)
+
+    def worker_ended(self, process: _WorkerProcess, reason: Failure) -> None:
+        """A child exited: restart it unless the pool is stopping."""
+        number = process.number
+        if self.workers.get(number, (None,))[0] is process:
+            del self.workers[number]
+        if not self.running:
+            return
+        self._log.error(
+            "worker {worker} ended ({reason}); restarting in {delay}s",
+            worker=number,
+            reason=reason.getErrorMessage(),
+            delay=RESTART_DELAY,
+        )
+        self.started.pop(number, None)
+        self.started[number] = Deferred()
+        self._restarts[number] = self._reactor.callLater(RESTART_DELAY, self._restart, number)
+
+    def _restart(self, number: int) -> None:
+        self._restarts.pop(number, None)
+        if self.running:
+            self._spawn(number)
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        for _, sock in self._sockets:
+            sock.close()
+        waits = []
+        for process, transport in list(self.workers.values()):
+            waits.append(process.ended)
+            try:
+                transport.signalProcess("TERM")
+            except Exception:  # already gone; processEnded follows
+                pass
+        killer = self._reactor.callLater(STOP_GRACE, self._kill_all)
+
+        def all_ended(_: object) -> None:
+            if killer.active():
+                killer.cancel()
+
+        done: Deferred[Any] = DeferredList(waits)
+        done.addCallback(all_ended)
+        return done
+
+    def _kill_all(self) -> None:
+        for _, transport in list(self.workers.values()):
+            try:
+                transport.signalProcess("KILL")
+            except Exception:
+                pass
+
+
+def pool_service(config: Config, reactor: Any) -> MultiService:
+    """The parent's service tree: the worker pool, and the demo backend when configured."""
+    top = MultiService()
+    if config.demo is not None:
+        from relaygate.demo import demo_service
+
+        demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
+    WorkerPool(config, config.server.workers, reactor).setServiceParent(top)
+    return top
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m relaygate.workers")
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--fd", action="append", default=[], metavar="FD:ADDRESS")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """A worker: adopt the inherited sockets and serve them until SIGTERM."""
+    from twisted.internet import reactor as global_reactor
+
+    from relaygate.service import build_service
+
+    reactor: Any = global_reactor
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    config = load(args.config)
+    adopted: dict[str, IStreamServerEndpoint] = {}
+    for item in args.fd:
+        fd_text, _, address = item.partition(":")
+        fd = int(fd_text)
+        family = socket.AF_INET6 if address.startswith("[") else socket.AF_INET
+        adopted[address] = AdoptedEndpoint(reactor, fd, family)
+    service = build_service(config, reactor, adopted=adopted, with_demo=False)
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # SIGTERM from the parent: stop like twistd does.
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    Logger(namespace="relaygate.workers").info(
+        "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True
+    )
+    reactor.run(installSignalHandlers=False)
+
+
+if __name__ == "__main__":
+    main()

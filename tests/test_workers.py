@@ -1,0 +1,101 @@
+"""Tests for L{relaygate.workers}: N processes serving one listening socket."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from relaygate.config import HostPort, load
+from relaygate.demo import DemoFactory
+from relaygate.workers import WorkerPool, bind_listener
+
+
+class BindTests(SynchronousTestCase):
+    """The parent's sockets are bound once, non-blocking, ready to share."""
+
+    def test_bind_listener(self) -> None:
+        """A bound socket listens on the address, port 0 resolved by the kernel."""
+        sock = bind_listener(HostPort("127.0.0.1", 0))
+        self.addCleanup(sock.close)
+        host, port = sock.getsockname()
+        self.assertEqual(host, "127.0.0.1")
+        self.assertNotEqual(port, 0)
+        self.assertFalse(sock.getblocking())
+        client = socket.create_connection(("127.0.0.1", port))
+        client.close()
+
+
+def send_one(port: int, recipient: str) -> dict[str, tuple[int, bytes]]:
+    """Send one message through the gateway with smtplib (run in a thread)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        return client.sendmail("a@example.net", [recipient], b"Subject: w\r\n\r\nbody\r\n")
+
+
+class WorkerPoolTests(TestCase):
+    """Two real worker processes relay mail; a dead one is restarted; stop ends them."""
+
+    async def test_pool_relays_restarts_and_stops(self) -> None:
+        """Mail goes through the workers before and after one is killed."""
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        store = self.mktemp()
+        for sub in ("tmp", "new"):
+            os.makedirs(os.path.join(store, sub))
+        backend: IListeningPort = await TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"
+        ).listen(DemoFactory(store, "backend.test"))
+        self.addCleanup(backend.stopListening)
+        port = backend.getHost().port  # type: ignore[attr-defined]
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                '[server]\nname = "gw.test"\nworkers = 2\n'
+                '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
+                f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{port}"]\n'
+                "[smtp]\nxclient = false\n"
+            )
+        pool = WorkerPool(load(path), 2, reactor)
+        pool.startService()
+        stopped: list[bool] = []
+
+        async def stop() -> None:
+            if not stopped:
+                await pool.stopService()
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        [(_, address)] = pool.addresses()
+        await DeferredList([pool.started[0], pool.started[1]], fireOnOneErrback=True)
+
+        refused = await deferToThread(send_one, address.port, "one@example.org")
+        self.assertEqual(refused, {})
+
+        process, transport = pool.workers[0]
+        old_pid = transport.pid
+        transport.signalProcess("KILL")
+        await process.ended
+        await pool.started[0]
+        self.assertNotEqual(pool.workers[0][1].pid, old_pid)
+        refused = await deferToThread(send_one, address.port, "two@example.org")
+        self.assertEqual(refused, {})
+        self.assertEqual(len(os.listdir(os.path.join(store, "new"))), 2)
+
+        transactions = [e for e in events if e.get("kind") == "smtp.transaction"]
+        self.assertEqual([e["outcome"] for e in transactions], ["delivered", "delivered"])
+        self.assertTrue(all(e["worker"] in (0, 1) for e in transactions))
+
+        children = [transport for _, transport in pool.workers.values()]
+        await pool.stopService()
+        stopped.append(True)
+        self.assertEqual(pool.workers, {})
+        self.assertTrue(all(transport.pid is None for transport in children))
