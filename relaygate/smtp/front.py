@@ -578,7 +578,13 @@ class SMTPFront(smtp.ESMTP):
                 mail_command = b"MAIL FROM:" + tx.sender + (b" " + tx.params if tx.params else b"")
                 if b"PIPELINING" in backend.extensions:
                     mail_reply, rcpt_reply = backend.commands([mail_command, rcpt_command])
-                    tx.backend_mail = await mail_reply
+                    try:
+                        tx.backend_mail = await mail_reply
+                    except BackendError:
+                        # The RCPT's reply failed the same way: consume it, or it is logged as
+                        # an unhandled error in Deferred.
+                        rcpt_reply.addErrback(lambda _: None)
+                        raise
                     reply = await rcpt_reply
                 else:
                     tx.backend_mail = await backend.command(mail_command)
