@@ -282,6 +282,26 @@ class BackendReplyTests(TestCase):
         self.assertEqual(replies, [R_SENDER_OK, R_RCPT_OK, (451, text[4:].encode())])
         self.assertEqual(commands[3:5], ["DATA", "."])
 
+    async def test_backend_refusing_mail_answers_the_rcpt(self) -> None:
+        """The backend's refusal of MAIL is the client's reply to its RCPT (MAIL went first)."""
+        text = "553 5.7.1 <alice@client.test>: Sender address rejected: Access denied"
+        replies, commands, _ = await self._transaction("-f", "MAIL", "-B", text)
+        self.assertEqual(replies, [R_SENDER_OK, (553, text[4:].encode()), R_NO_RECIPIENTS])
+        self.assertEqual(commands[:2], ["EHLO gw.test", "MAIL FROM:<alice@client.test>"])
+        self.assertFalse([line for line in commands if line.startswith(("RCPT", "DATA"))])
+
+    async def test_backend_refusing_data_answers_the_data(self) -> None:
+        """A backend answering DATA with 451 instead of 354: the client's DATA gets that 451."""
+        backend = await start_backend(
+            self, respond=lambda step: b"451 4.3.0 Try later" if step == b"DATA" else None
+        )
+        relay = await start_relay(self, config_text(route("*", backend.port)))
+        replies = await deferToThread(
+            transaction, relay.port, "alice@client.test", ["bob@x.example"], MESSAGE
+        )
+        self.assertEqual(replies, [R_SENDER_OK, R_RCPT_OK, (451, b"4.3.0 Try later")])
+        self.assertEqual(backend.messages, [])
+
 
 class BackendFailureTests(TestCase):
     """A backend that is down or goes away gives 4xx, never 5xx, and nothing is half-delivered."""
@@ -300,6 +320,26 @@ class BackendFailureTests(TestCase):
                 R_NO_RECIPIENTS,
             ],
         )
+
+    async def test_backend_greeting_421_gives_451_at_rcpt(self) -> None:
+        """A backend that greets with 421 counts as down: 451 4.4.1 and no transaction there."""
+        backend = await start_backend(
+            self, respond=lambda step: b"421 4.3.2 Busy" if step == b"CONNECT" else None
+        )
+        relay = await start_relay(self, config_text(route("*", backend.port)))
+        replies = await deferToThread(
+            transaction, relay.port, "alice@client.test", ["bob@x.example"], MESSAGE
+        )
+        self.assertEqual(
+            replies,
+            [
+                R_SENDER_OK,
+                (451, b"4.4.1 Cannot reach the mail server, try again later"),
+                R_NO_RECIPIENTS,
+            ],
+        )
+        await backend.all_closed()
+        self.assertEqual(backend.commands, [])
 
     async def test_failover_to_the_second_backend(self) -> None:
         """A route whose first backend is dead delivers to its second."""
