@@ -757,10 +757,17 @@ class AnswerTests(SynchronousTestCase):
         [event] = self.unavailable(_ok(host="not a host"))
         self.assertEqual((event["header"], event["value"]), ("Auth-Server", b"not a host"))
 
-    def test_missing_status(self) -> None:
-        """An answer without Auth-Status is an error (an error page, a wrong URL ...)."""
-        [event] = self.unavailable({"Auth-Server": "192.0.2.10", "Auth-Port": "25"})
-        self.assertEqual(event["problem"], "no Auth-Status")
+    def test_missing_status_with_server_routes(self) -> None:
+        """Auth-Server and Auth-Port without Auth-Status route, as nginx does (the seed's setup)."""
+        self.assertEqual(
+            self.decide({"Auth-Server": "127.0.0.1", "Auth-Port": "25"}),
+            Accept(backends=(HostPort("127.0.0.1", 25),), user=None, password=None),
+        )
+
+    def test_missing_status_without_server(self) -> None:
+        """An answer with no Auth-* header at all (an error page, a wrong URL) is an error."""
+        [event] = self.unavailable({})
+        self.assertEqual(event["problem"], "did not send server or port")
 
     def test_bad_error_code(self) -> None:
         """An Auth-Error-Code that is not an SMTP reply code is an error."""

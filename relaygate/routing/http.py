@@ -211,7 +211,7 @@ class HTTPRouter:
 
     Connection failures, timeouts, unparseable responses and HTTP 5xx move on to the next URL;
     when none is left the lookup fails with L{RouterUnavailable}. An answer that parses but makes
-    no sense (no Auth-Status, a bad Auth-Port ...) fails at once, as in nginx.
+    no sense (no Auth-Server, a bad Auth-Port ...) fails at once, as in nginx.
     """
 
     _log = Logger()
@@ -434,9 +434,9 @@ class HTTPRouter:
         @return: the decision, or the seconds to wait before asking again (``WAIT``).
         @raise _InvalidAnswerError: the answer cannot be acted on.
         """
-        statuses = headers.getRawHeaders(b"Auth-Status")
-        if not statuses:
-            raise _InvalidAnswerError("no Auth-Status", "Auth-Status")
+        # No Auth-Status at all is not an error in nginx: an answer that names Auth-Server and
+        # Auth-Port routes (the seed's auth block sends only those two headers).
+        statuses = headers.getRawHeaders(b"Auth-Status", ())
         message: bytes | None = None
         wait = False
         for status in statuses:
