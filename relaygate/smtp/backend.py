@@ -74,6 +74,14 @@ class BackendLost(BackendError):
 class BackendUnreachable(BackendError):
     """No backend of the route accepted a connection."""
 
+    def to_wire(self) -> bytes:
+        """The reply as sent on the wire: C{250-first}, ..., C{250 last}, CRLF after each."""
+        code = b"%03d" % self.code
+        *first, last = self.lines
+        return (
+            b"".join(code + b"-" + line + b"\r\n" for line in first) + code + b" " + last + b"\r\n"
+        )
+
 
 @dataclass
 class BackendInfo:

@@ -380,7 +380,8 @@ class SMTPFront(smtp.ESMTP):
     def send_reply(self, reply: Reply) -> None:
         """Send C{reply} to the client (multi-line replies keep their lines)."""
         if self._connected:
-            self.sendCode(reply.code, reply.text)
+            assert self.transport is not None
+            self.transport.write(reply.to_wire())
 
     def _protocol_error(self, reply: Reply) -> None:
         """Answer a client mistake; too many of them end the session (nginx's max_errors)."""
