@@ -218,11 +218,6 @@ class SeedExactAnswerTests(SeedScenarioTests):
     OK/WAIT, or on a missing Auth-Server/Auth-Port), so the seed's mail flows through nginx.
     """
 
-    todo = (
-        "relaygate.routing.http refuses an answer without Auth-Status ('no Auth-Status'), "
-        "which nginx accepts: the seed's auth block gets 451 4.3.2 at every RCPT"
-    )
-
     @override
     def answer(self, port: int) -> Callable[[dict[str, str]], dict[str, str]]:
         return seed_answer(port)
