@@ -161,6 +161,14 @@ class SMTPConfig:
     backend_timeout: float = 300.0
 
 
+@dataclass(frozen=True)
+class RealIPConfig:
+    """C{[realip]}: who may send a PROXY protocol header (nginx's C{set_real_ip_from})."""
+
+    trusted: tuple[str, ...] = ()
+    header_timeout: float = 30.0
+
+
 IMAP_AUTH_METHODS: Final = ("plain", "login", "cram-md5", "external")
 POP3_AUTH_METHODS: Final = ("user", "plain", "login", "apop", "cram-md5", "external")
 DEFAULT_IMAP_CAPABILITIES: Final = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID")
@@ -227,6 +235,7 @@ class Config:
     demo: DemoConfig | None = None
     imap: IMAPConfig = IMAPConfig()
     pop3: POP3Config = POP3Config()
+    realip: RealIPConfig = RealIPConfig()
 
 
 _MISSING: Any = object()
@@ -502,6 +511,20 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
     return smtp
 
 
+def _read_realip(t: _Table) -> RealIPConfig:
+    trusted = t.strings("trusted", ())
+    for network in trusted:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise t.error("trusted", f"{network!r} is not an address or CIDR network") from None
+    realip = RealIPConfig(
+        trusted=trusted, header_timeout=t.number("header_timeout", 30.0, minimum=0.001)
+    )
+    t.finish()
+    return realip
+
+
 def _read_capabilities(
     t: _Table, default: tuple[str, ...], generated: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -597,6 +620,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
         demo=_read_demo(root.table("demo"), base),
         imap=_read_imap(root.table("imap"), base),
         pop3=_read_pop3(root.table("pop3"), base),
+        realip=_read_realip(root.table("realip")),
     )
     root.finish()
     _check_consistency(root, config)
@@ -620,8 +644,10 @@ def _check_consistency(root: _Table, config: Config) -> None:
                 f"listen[{index}].tls",
                 f'only "none" and "implicit" are supported for {listen.protocol} by this version',
             )
-        if listen.proxy_protocol:
-            raise root.error(f"listen[{index}].proxy_protocol", "is not supported by this version")
+        if listen.proxy_protocol and not config.realip.trusted:
+            raise root.error(
+                f"listen[{index}].proxy_protocol", "needs [realip] trusted (who may send it)"
+            )
         if not config.auth.http and not any(
             r.protocol in (listen.protocol, "*") for r in config.routes
         ):

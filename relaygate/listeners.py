@@ -80,7 +80,8 @@ def server_endpoint(
     reactor: Any,
     base: IStreamServerEndpoint | None = None,
 ) -> IStreamServerEndpoint:
-    """The endpoint for C{listen}: TCP on its address, wrapped in TLS for C{tls = "implicit"}.
+    """The endpoint for C{listen}: TCP on its address, wrapped in TLS for C{tls = "implicit"}
+    and in a PROXY header reader (L{relaygate.proxy_protocol}) for C{proxy_protocol = true}.
 
     @param base: the endpoint to wrap instead of a new TCP one (a worker's adopted socket).
     """
@@ -92,6 +93,12 @@ def server_endpoint(
         endpoint = TCP6ServerEndpoint(reactor, address.port, backlog=511, interface=address.host)
     else:
         endpoint = TCP4ServerEndpoint(reactor, address.port, backlog=511, interface=address.host)
+    if listen.proxy_protocol:
+        # Below TLS: the PROXY header comes before the client's first TLS byte.
+        from relaygate.proxy_protocol import proxy_endpoint
+
+        realip = config.realip
+        endpoint = proxy_endpoint(endpoint, realip.trusted, realip.header_timeout, reactor)
     if listen.tls == "implicit":
         creator = server_tls_for(listen, config)
         assert creator is not None
