@@ -169,6 +169,24 @@ class RealIPConfig:
     header_timeout: float = 30.0
 
 
+@dataclass(frozen=True)
+class LimitsConfig:
+    """C{[limits]}: per client address connection and login limits (0 turns one off)."""
+
+    connections_per_address: int = 0
+    connections_per_minute: int = 0
+    auth_failures_per_hour: int = 0
+
+    @property
+    def any(self) -> bool:
+        """True when at least one limit is on."""
+        return bool(
+            self.connections_per_address
+            or self.connections_per_minute
+            or self.auth_failures_per_hour
+        )
+
+
 IMAP_AUTH_METHODS: Final = ("plain", "login", "cram-md5", "external")
 POP3_AUTH_METHODS: Final = ("user", "plain", "login", "apop", "cram-md5", "external")
 DEFAULT_IMAP_CAPABILITIES: Final = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID")
@@ -236,6 +254,7 @@ class Config:
     imap: IMAPConfig = IMAPConfig()
     pop3: POP3Config = POP3Config()
     realip: RealIPConfig = RealIPConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 _MISSING: Any = object()
@@ -525,6 +544,16 @@ def _read_realip(t: _Table) -> RealIPConfig:
     return realip
 
 
+def _read_limits(t: _Table) -> LimitsConfig:
+    limits = LimitsConfig(
+        connections_per_address=t.integer("connections_per_address", 0),
+        connections_per_minute=t.integer("connections_per_minute", 0),
+        auth_failures_per_hour=t.integer("auth_failures_per_hour", 0),
+    )
+    t.finish()
+    return limits
+
+
 def _read_capabilities(
     t: _Table, default: tuple[str, ...], generated: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -621,6 +650,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
         imap=_read_imap(root.table("imap"), base),
         pop3=_read_pop3(root.table("pop3"), base),
         realip=_read_realip(root.table("realip")),
+        limits=_read_limits(root.table("limits")),
     )
     root.finish()
     _check_consistency(root, config)

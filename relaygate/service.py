@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory
 
 from relaygate.config import Config, ListenConfig
 from relaygate.listeners import server_endpoint
+from relaygate.policy import LimitedFactory, new_limits
 from relaygate.routing.router import Router
 
 FactoryMaker = Callable[[Config, ListenConfig, Router, Any], Factory]
@@ -72,8 +73,12 @@ def build_service(
 
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
     router = build_router(config, reactor, top)
+    limits = new_limits(config.limits, reactor)
     for listen in config.listen:
         factory = FACTORIES[listen.protocol](config, listen, router, reactor)
+        if limits is not None:
+            # Above TLS, so a client over a limit reads its refusal; one Limits per process.
+            factory = LimitedFactory(factory, limits, listen.protocol, config.server.name)
         base = (adopted or {}).get(str(listen.address))
         endpoint = server_endpoint(listen, config, reactor, base)
         service = StreamServerEndpointService(endpoint, factory)
