@@ -142,6 +142,7 @@ class SmtpSink:
     port: int
     directory: str
     process: _SinkProcess
+    probes: int = 0
 
     @property
     def log(self) -> list[str]:
@@ -157,8 +158,27 @@ class SmtpSink:
             in {"EHLO", "HELO", "MAIL", "RCPT", "DATA", ".", "RSET", "NOOP", "QUIT", "XCLIENT"}
         ]
 
-    def sessions_ended(self, count: int) -> Deferred[None]:
-        """Fires once C{count} client sessions have ended at the sink (fails after a timeout)."""
+    async def sessions_ended(self, count: int) -> None:
+        """Wait until C{count} client sessions have ended and the sink has cleaned up after them.
+
+        smtp-sink logs ``disconnect`` just before it deletes an unfinished transaction's dump
+        file. It does one thing at a time, so once it greets a new connection (a probe, which
+        this counts apart) that file is gone and L{messages} shows finished messages only.
+        """
+        await self._disconnects(count + self.probes)
+        probe = RawClient()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        await endpoint.connect(Factory.forProtocol(lambda: probe))
+        self.probes += 1
+        greeted = probe.wait_replies(1)
+        await greeted.addTimeout(_CLOSE_TIMEOUT, reactor)
+        assert probe.transport is not None
+        probe.transport.loseConnection()
+        await probe.closed
+        await self._disconnects(count + self.probes)
+
+    def _disconnects(self, count: int) -> Deferred[None]:
+        """Fires once the sink has logged C{count} ended sessions (fails after a timeout)."""
         ended = self.process.wait_until(lambda lines: lines.count("disconnect") >= count)
         return ended.addTimeout(_CLOSE_TIMEOUT, reactor)
 
