@@ -133,6 +133,8 @@ class AuthConfig:
     timeout: float = 5.0
     headers: tuple[tuple[str, str], ...] = ()
     pass_client_cert: bool = False
+    ca: str = ""
+    """CAs that verify an C{https://} service: a PEM bundle, or C{""}/C{"system"} (the OS)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,8 @@ class RouteConfig:
     protocol: str
     match: str
     backends: tuple[HostPort, ...]
+    backend_tls: str = ""
+    """The route's own C{backend_tls} (SMTP); C{""} takes the C{[smtp]} value."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,8 @@ class SMTPConfig:
     xclient: bool = True
     backend_tls: str = "none"
     backend_ca: str = ""
+    backend_certificate: str = ""
+    backend_key: str = ""
     max_message_size: int = 52428800
     max_recipients: int = 100
     greeting_delay: float = 0.0
@@ -455,7 +461,7 @@ def _read_tls(t: _Table, base: str) -> TLSConfig:
     return tls
 
 
-def _read_auth(t: _Table) -> AuthConfig:
+def _read_auth(t: _Table, base: str) -> AuthConfig:
     t.used.add("http")
     raw = t.data.get("http", ())
     urls = (raw,) if isinstance(raw, str) else t.strings("http", ())
@@ -476,9 +482,23 @@ def _read_auth(t: _Table) -> AuthConfig:
         timeout=t.number("timeout", 5.0, minimum=0.001),
         headers=tuple(headers),
         pass_client_cert=t.boolean("pass_client_cert", False),
+        ca=t.path("ca", base),
     )
     t.finish()
+    _check_ca_bundle(t, "ca", auth.ca)
     return auth
+
+
+def _check_ca_bundle(t: _Table, key: str, path: str) -> None:
+    """A CA bundle key must name a file with at least one PEM certificate (or be "system")."""
+    if not path or path == "system":
+        return
+    from relaygate import tls as tls_module
+
+    try:
+        tls_module.load_ca_bundle(path)
+    except tls_module.CertificateError as e:
+        raise t.error(key, str(e)) from None
 
 
 def _read_route(t: _Table) -> RouteConfig:
@@ -495,7 +515,12 @@ def _read_route(t: _Table) -> RouteConfig:
             backends.append(parse_host_port(text))
         except ValueError as e:
             raise t.error("backends", f"{text!r}: {e}") from None
-    route = RouteConfig(protocol=protocol, match=match, backends=tuple(backends))
+    backend_tls = t.choice("backend_tls", ("", *BACKEND_TLS_MODES), "")
+    if backend_tls and protocol != "smtp":
+        raise t.error("backend_tls", 'needs protocol = "smtp" (only SMTP backends speak TLS yet)')
+    route = RouteConfig(
+        protocol=protocol, match=match, backends=tuple(backends), backend_tls=backend_tls
+    )
     t.finish()
     return route
 
@@ -506,6 +531,8 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
         xclient=t.boolean("xclient", True),
         backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, "none"),
         backend_ca=t.path("backend_ca", base),
+        backend_certificate=t.path("backend_certificate", base),
+        backend_key=t.path("backend_key", base),
         max_message_size=t.integer("max_message_size", 52428800, minimum=1),
         max_recipients=t.integer("max_recipients", 100, minimum=1),
         greeting_delay=t.number("greeting_delay", 0.0),
@@ -522,8 +549,8 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
             )
     if smtp.auth != ("none",):
         raise t.error("auth", 'only ["none"] is supported by this version')
-    if smtp.backend_tls != "none":
-        raise t.error("backend_tls", 'only "none" is supported by this version')
+    _check_ca_bundle(t, "backend_ca", smtp.backend_ca)
+    _check_client_certificate(t, smtp.backend_certificate, smtp.backend_key)
     if smtp.greeting_delay:
         raise t.error("greeting_delay", "only 0 is supported by this version")
     t.finish()
@@ -552,6 +579,22 @@ def _read_limits(t: _Table) -> LimitsConfig:
     )
     t.finish()
     return limits
+
+
+def _check_client_certificate(t: _Table, certificate: str, key: str) -> None:
+    """C{backend_certificate}/C{backend_key}: a chain and its key that belong together."""
+    if key and not certificate:
+        raise t.error("backend_key", "needs backend_certificate")
+    if not certificate:
+        return
+    from relaygate import tls as tls_module
+
+    try:
+        tls_module.load_key_and_chain(certificate, key)
+    except tls_module.PrivateKeyError as e:
+        raise t.error("backend_key" if key else "backend_certificate", str(e)) from None
+    except tls_module.CertificateError as e:
+        raise t.error("backend_certificate", str(e)) from None
 
 
 def _read_capabilities(
@@ -643,7 +686,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
         server=_read_server(root.table("server")),
         listen=listen,
         tls=_read_tls(root.table("tls"), base),
-        auth=_read_auth(root.table("auth")),
+        auth=_read_auth(root.table("auth"), base),
         routes=tuple(_read_route(t) for t in root.tables("route")),
         smtp=_read_smtp(root.table("smtp"), base),
         demo=_read_demo(root.table("demo"), base),
@@ -669,7 +712,7 @@ def _check_consistency(root: _Table, config: Config) -> None:
     for index, listen in enumerate(config.listen):
         if listen.tls != "none" and not config.tls.certificate:
             raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")
-        if listen.tls not in ("none", "implicit"):
+        if listen.tls not in ("none", "implicit") and listen.protocol != "smtp":
             raise root.error(
                 f"listen[{index}].tls",
                 f'only "none" and "implicit" are supported for {listen.protocol} by this version',

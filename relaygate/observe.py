@@ -31,6 +31,7 @@ class TransactionRecord:
     sender: str = ""
     recipients: list[RecipientOutcome] = field(default_factory=list)
     backend: str = ""
+    backend_tls: str = ""
     size: int = 0
     final: str = ""
     outcome: str = "abandoned"
@@ -52,6 +53,7 @@ class TransactionRecord:
             rcpt_count=len(self.recipients),
             accepted=sum(1 for r in self.recipients if r.reply.startswith("2")),
             backend=self.backend,
+            backend_tls=self.backend_tls,
             size=self.size,
             final=self.final,
             outcome=self.outcome,

@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
 from relaygate.config import Config, ListenConfig
-from relaygate.listeners import server_endpoint
+from relaygate.listeners import server_endpoint, tls_reload_service
 from relaygate.policy import LimitedFactory, new_limits
 from relaygate.routing.router import Router
 
@@ -84,4 +84,8 @@ def build_service(
         service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True
         service.setServiceParent(top)
+    reload_service = tls_reload_service(config, reactor)
+    if reload_service is not None:
+        # SIGHUP re-reads the certificates of every TLS listener (docs/tls.md, "Renewal").
+        reload_service.setServiceParent(top)
     return top

@@ -661,7 +661,8 @@ async def start_relay(case: TestCase, config: Config | str) -> Relay:
     ports = [
         port.getHost().port  # type: ignore[attr-defined]
         for factory, port in tracking.listening
-        if isinstance(factory, SMTPFrontFactory)
+        # An implicit-TLS listener's factory wraps the front's (TLSMemoryBIOFactory).
+        if isinstance(getattr(factory, "wrappedFactory", factory), SMTPFrontFactory)
     ]
     return Relay(config=config, port=ports[0], service=service, reactor=tracking)
 

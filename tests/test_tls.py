@@ -763,11 +763,11 @@ class ConfigTests(PKITestCase):
             "tls.handshake_timeout: must be at least 0.001, got 0",
         )
 
-    def test_starttls_still_refused(self) -> None:
-        """STARTTLS listeners wait for the front's support."""
-        with self.assertRaises(ConfigError) as caught:
-            parse_config(self.pki.directory, {"certificate": "server.pem"}, "starttls")
-        self.assertIn('only "none" and "implicit" are supported', str(caught.exception))
+    def test_smtp_starttls_listeners(self) -> None:
+        """SMTP listeners take C{starttls} and C{starttls-required}."""
+        for mode in ("starttls", "starttls-required"):
+            config = parse_config(self.pki.directory, {"certificate": "server.pem"}, mode)
+            self.assertEqual(config.listen[0].tls, mode)
 
     def test_server_tls_built_once_per_listener(self) -> None:
         """L{server_tls_for} returns the same creator each time, and None for plain listeners."""

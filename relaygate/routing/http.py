@@ -37,6 +37,7 @@ from typing_extensions import override
 
 from relaygate.config import AuthConfig, HostPort
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
+from relaygate.tls import https_policy
 
 # nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
 _AUTH_METHODS: Final[dict[str, bytes]] = {
@@ -549,12 +550,20 @@ class HTTPPoolService(Service):
 
 
 def new_http_router(config: AuthConfig, reactor: Any) -> tuple[HTTPRouter, IService]:
-    """Build the router on C{reactor} with a keep-alive pool, and the service owning the pool."""
+    """Build the router on C{reactor} with a keep-alive pool, and the service owning the pool.
+
+    C{https://} services are verified against C{[auth] ca} (L{https_policy}).
+    """
     typed_reactor: _AgentReactor = reactor
     pool = HTTPConnectionPool(typed_reactor, persistent=True)
     # Keep enough idle connections for a burst of concurrent lookups; more are closed after use.
     pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS
-    agent = Agent(typed_reactor, connectTimeout=config.timeout, pool=pool)
+    agent = Agent(
+        typed_reactor,
+        contextFactory=https_policy(config.ca),
+        connectTimeout=config.timeout,
+        pool=pool,
+    )
     client = HTTPClient(agent, cookiejar=_NoCookies())
     return HTTPRouter(config, client, typed_reactor), HTTPPoolService(pool)
 

@@ -71,11 +71,16 @@ class AuthRequest:
 
 @dataclass(frozen=True)
 class Accept:
-    """Route the session: try C{backends} in order; C{user}/C{password} rewrite the login."""
+    """Route the session: try C{backends} in order; C{user}/C{password} rewrite the login.
+
+    C{backend_tls} is the route's own C{backend_tls} mode (a C{[[route]]} entry's); C{""} means
+    the protocol section's.
+    """
 
     backends: tuple[HostPort, ...]
     user: bytes | None = None
     password: bytes | None = None
+    backend_tls: str = ""
     details: dict[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -36,7 +36,7 @@ class TableRouter:
             for route in routes:
                 if route.protocol not in (protocol, "*"):
                     continue
-                answer = Accept(backends=route.backends)
+                answer = Accept(backends=route.backends, backend_tls=route.backend_tls)
                 if route.match == "*":
                     self._any.setdefault(protocol, answer)
                 else:

@@ -4,27 +4,45 @@ Twisted's L{smtp.ESMTPClient} drives a fixed sender state table; a relay needs t
 the front decides each command as the client sends it. So this keeps ESMTPClient's reply parser
 (multi-line replies, bad-reply detection) and replaces the state table with a FIFO of waiters,
 which also makes RFC 2920 pipelining free: send several commands, await their replies in order.
+
+TLS to the backend: L{BackendClient.start_tls} (STARTTLS, RFC 3207) or an implicit-TLS endpoint
+from L{client_endpoint}; a failed handshake or verification fails with L{BackendTLSError}.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from OpenSSL import SSL
+from service_identity import CertificateError as NameCheckError
+from service_identity import VerificationError
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 from typing_extensions import override
+from zope.interface import implementer
 
 from relaygate.config import HostPort
+from relaygate.tls import tls_facts
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
 
@@ -58,6 +76,14 @@ class Reply:
         """The lines joined with LF, as L{smtp.SMTP.sendCode} takes them."""
         return b"\n".join(self.lines)
 
+    def to_wire(self) -> bytes:
+        """The reply as sent on the wire: C{250-first}, ..., C{250 last}, CRLF after each."""
+        code = b"%03d" % self.code
+        *first, last = self.lines
+        return (
+            b"".join(code + b"-" + line + b"\r\n" for line in first) + code + b" " + last + b"\r\n"
+        )
+
     def summary(self) -> str:
         """The code and first line, for logs."""
         return f"{self.code} {self.lines[0].decode('utf-8', 'replace')}"
@@ -74,13 +100,17 @@ class BackendLost(BackendError):
 class BackendUnreachable(BackendError):
     """No backend of the route accepted a connection."""
 
-    def to_wire(self) -> bytes:
-        """The reply as sent on the wire: C{250-first}, ..., C{250 last}, CRLF after each."""
-        code = b"%03d" % self.code
-        *first, last = self.lines
-        return (
-            b"".join(code + b"-" + line + b"\r\n" for line in first) + code + b" " + last + b"\r\n"
-        )
+
+class BackendTLSError(BackendError):
+    """TLS to the backend failed or is not offered where it is required: never fall back."""
+
+
+class BackendTLSNotOffered(BackendTLSError):
+    """C{backend_tls = "required"}, and the backend does not offer (or refuses) STARTTLS."""
+
+
+TLSCreatorFor = Callable[[HostPort], IOpenSSLClientConnectionCreator]
+"""Makes the verifying TLS creator for one backend address (its host is the name to check)."""
 
 
 @dataclass
@@ -89,8 +119,11 @@ class BackendInfo:
 
     address: str = ""
     extensions: dict[bytes, bytes | None] = field(default_factory=dict)
+    tls: str = ""
+    """The backend leg's TLS facts for logs: C{TLSv1.3 TLS_AES_256_GCM_SHA384 verified}."""
 
 
+@implementer(IHandshakeListener)
 class BackendClient(smtp.ESMTPClient):
     """An SMTP connection to a backend: C{command(line)} returns the reply to that line."""
 
@@ -107,6 +140,8 @@ class BackendClient(smtp.ESMTPClient):
         self._waiters.append(self.greeting)
         self.extensions: dict[bytes, bytes | None] = {}
         self.info = BackendInfo()
+        self._starttls: tuple[Deferred[Reply], IOpenSSLClientConnectionCreator] | None = None
+        self._handshake: Deferred[None] | None = None
 
     @override
     def connectionMade(self) -> None:
@@ -169,7 +204,62 @@ class BackendClient(smtp.ESMTPClient):
         waiter = self._waiters.popleft()
         if not self._waiters:
             self.setTimeout(None)
+        if self._starttls is not None and self._starttls[0] is waiter:
+            creator, self._starttls = self._starttls[1], None
+            if code == 220:
+                self._begin_tls(creator)
         waiter.callback(Reply(code, tuple(text.split(b"\n"))))
+
+    def start_tls(self, creator: IOpenSSLClientConnectionCreator) -> Deferred[Reply]:
+        """Send STARTTLS; on C{220} begin the handshake with C{creator} (see L{handshake}).
+
+        The reply Deferred fires with the backend's reply either way; on anything but C{220}
+        the connection stays plaintext and the caller decides.
+        """
+        waiter = self.command(b"STARTTLS")
+        if not waiter.called:
+            self._starttls = (waiter, creator)
+        return waiter
+
+    def _begin_tls(self, creator: IOpenSSLClientConnectionCreator) -> None:
+        """Switch to TLS right after the 220, before anything else of that read is parsed.
+
+        RFC 3207 section 4.2 and DESIGN rule 5: bytes the backend sent after its 220 in
+        plaintext must not be read as replies on the TLS session. They are still in the
+        line buffer here (the 220 is being handled inside L{dataReceived}), so clearing it
+        discards them.
+        """
+        discarded = self.clearLineBuffer()
+        if discarded:
+            self._log.warn(
+                "backend {backend} sent {count} bytes after its 220 to STARTTLS: discarded",
+                backend=self.info.address,
+                count=len(discarded),
+            )
+        self._handshake = Deferred()
+        self.setTimeout(self._reply_timeout)
+        assert self.transport is not None
+        self.transport.startTLS(creator)  # type: ignore[attr-defined]
+
+    def handshake(self) -> Deferred[None]:
+        """Fires when the handshake begun by L{start_tls} is done (L{BackendTLSError} if not)."""
+        if self._handshake is None:
+            failed: Deferred[None] = Deferred()
+            failed.errback(BackendTLSError("no TLS handshake under way"))
+            return failed
+        return self._handshake
+
+    def handshakeCompleted(self) -> None:
+        """The TLS layer finished its handshake: record the leg's facts for the logs."""
+        facts = tls_facts(self.transport)
+        if facts is not None:
+            verified = "verified" if facts.verified else "unverified"
+            self.info.tls = f"{facts.protocol} {facts.cipher} {verified}"
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            if not self._waiters:
+                self.setTimeout(None)
+            handshake.callback(None)
 
     def parse_extensions(self, reply: Reply) -> None:
         """Remember the extensions an EHLO reply advertised (keyword upper-cased)."""
@@ -201,8 +291,20 @@ class BackendClient(smtp.ESMTPClient):
         if self._lost is None:
             self._lost = reason
         waiters, self._waiters = self._waiters, deque()
+        error: BackendError
+        if reason.check(SSL.Error, VerificationError, NameCheckError):
+            # How the TLS layer reports a failed handshake or chain verification (SSL.Error)
+            # and service_identity a certificate without the backend's name or address.
+            error = BackendTLSError(f"TLS with the backend failed: {reason.value}")
+        else:
+            error = BackendLost(f"backend connection closed: {reason.value}")
         for waiter in waiters:
-            waiter.errback(BackendLost(f"backend connection closed: {reason.value}"))
+            waiter.errback(error)
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            if not isinstance(error, BackendTLSError):
+                error = BackendTLSError(f"TLS handshake with the backend failed: {reason.value}")
+            handshake.errback(error)
 
     @property
     def is_open(self) -> bool:
@@ -260,17 +362,31 @@ def set_no_delay(transport: Any) -> None:
             pass
 
 
-def client_endpoint(reactor: Any, backend: HostPort, timeout: float) -> IStreamClientEndpoint:
-    """An endpoint for C{backend}: TCP for an IP literal, name resolution for a host name."""
+def client_endpoint(
+    reactor: Any,
+    backend: HostPort,
+    timeout: float,
+    tls: IOpenSSLClientConnectionCreator | None = None,
+) -> IStreamClientEndpoint:
+    """An endpoint for C{backend}: TCP for an IP literal, name resolution for a host name.
+
+    With C{tls}, the connection speaks TLS from its first byte (C{backend_tls = "implicit"}).
+    """
+    endpoint: IStreamClientEndpoint
     try:
         address = ipaddress.ip_address(backend.host)
     except ValueError:
-        return HostnameEndpoint(
+        endpoint = HostnameEndpoint(
             reactor, backend.host.encode("idna"), backend.port, timeout=timeout
         )
-    if address.version == 6:
-        return TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-    return TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    else:
+        if address.version == 6:
+            endpoint = TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+        else:
+            endpoint = TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    return endpoint
 
 
 async def connect_backend(
@@ -279,17 +395,23 @@ async def connect_backend(
     identity: bytes,
     connect_timeout: float,
     reply_timeout: float,
+    implicit_tls: TLSCreatorFor | None = None,
 ) -> tuple[BackendClient, HostPort]:
     """Connect to the first of C{backends} that accepts and greets with 2xx (failover in order).
 
-    @raise BackendUnreachable: when none does.
+    @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
+    @raise BackendUnreachable: when none does; L{BackendTLSError} when the last one tried
+        failed its TLS handshake.
     """
     log = BackendClient._log
     last = ""
+    tls_failed = False
     for backend in backends:
         client = BackendClient(identity, reactor, reply_timeout)
         try:
-            await client_endpoint(reactor, backend, connect_timeout).connect(_OneClient(client))
+            creator = implicit_tls(backend) if implicit_tls is not None else None
+            endpoint = client_endpoint(reactor, backend, connect_timeout, creator)
+            await endpoint.connect(_OneClient(client))
             greeting = await client.greeting
         except CancelledError:
             client.abort()
@@ -297,6 +419,7 @@ async def connect_backend(
         except Exception as e:
             client.abort()
             last = f"{backend}: {e}"
+            tls_failed = isinstance(e, BackendTLSError)
             log.warn("backend {backend} unavailable: {error}", backend=str(backend), error=str(e))
             continue
         if greeting.code != 220:
@@ -309,4 +432,6 @@ async def connect_backend(
             client.abort()
             continue
         return client, backend
+    if tls_failed:
+        raise BackendTLSError(last)
     raise BackendUnreachable(last or "no backends")

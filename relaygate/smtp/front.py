@@ -8,7 +8,11 @@ relay can't use (see DESIGN.md, "Twisted pitfalls"):
   command is pending and run in order when it finishes (RFC 2920);
 - DATA: the body moves to the backend in raw chunks through L{BodyScanner} with backpressure,
   and the reply to the final dot is the backend's own (never Twisted's catch-all 550);
-- limits: line length, errors, recipients, size, idle and session time, each with its reply.
+- limits: line length, errors, recipients, size, idle and session time, each with its reply;
+- TLS: STARTTLS (RFC 3207) drops whatever the client pipelined after the command and resets the
+  session, as stock C{ext_STARTTLS} does not; implicit-TLS sessions are greeted only after the
+  handshake; client certificates are checked as nginx does; backends get STARTTLS or implicit
+  TLS per C{backend_tls}, verified, with a 4xx instead of any plaintext fallback.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+)
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -31,12 +40,22 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import Config, HostPort, ListenConfig
+from relaygate.listeners import server_tls_for
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
-from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
+from relaygate.routing.router import (
+    Accept,
+    AuthRequest,
+    ClientTLS,
+    Refuse,
+    Router,
+    RouterUnavailable,
+)
 from relaygate.smtp.backend import (
     CONNECTION_DONE,
     BackendClient,
     BackendError,
+    BackendTLSError,
+    BackendTLSNotOffered,
     RelayTransport,
     Reply,
     connect_backend,
@@ -44,6 +63,14 @@ from relaygate.smtp.backend import (
 )
 from relaygate.smtp.data import BodyFault, BodyScanner
 from relaygate.smtp.xclient import xclient_commands
+from relaygate.tls import (
+    CERTIFICATE_REPLIES,
+    CertificateProblem,
+    ServerTLS,
+    backend_tls_creator,
+    certificate_problem,
+    client_tls_info,
+)
 
 # Replies the gateway itself gives. Texts follow Postfix and nginx where they have one.
 R_OK = Reply(250, (b"2.0.0 Ok",))
@@ -73,6 +100,12 @@ R_INTERNAL = Reply(451, (b"4.3.0 Internal error, try again later",))
 R_NOT_AVAILABLE = Reply(502, (b"5.5.1 Error: command not available",))
 R_TOO_MANY_ERRORS = Reply(421, (b"4.7.0 Error: too many errors",))
 R_SHUTDOWN = Reply(421, (b"4.3.2 Service shutting down, closing connection",))
+R_READY_TLS = Reply(220, (b"2.0.0 Ready to start TLS",))
+R_TLS_ACTIVE = Reply(503, (b"5.5.1 Error: TLS already active",))
+R_STARTTLS_SYNTAX = Reply(501, (b"5.5.4 Syntax: STARTTLS",))
+R_NEED_STARTTLS = Reply(530, (b"5.7.0 Must issue a STARTTLS command first",))
+R_BACKEND_NO_TLS = Reply(451, (b"4.7.5 TLS is required, but the mail server does not offer it",))
+R_BACKEND_TLS = Reply(451, (b"4.7.5 TLS with the mail server failed, try again later",))
 
 _session_ids = itertools.count(1)
 _BUFFER_LIMIT = 65536
@@ -94,6 +127,12 @@ class FrontSettings:
     max_message_size: int
     extensions: tuple[bytes, ...]
     xclient: bool
+    tls_mode: str = "none"
+    server_tls: ServerTLS | None = field(default=None, compare=False)
+    backend_tls: str = "none"
+    backend_ca: str = ""
+    backend_certificate: str = ""
+    backend_key: str = ""
 
     @classmethod
     def from_config(cls, config: Config, listen: ListenConfig) -> FrontSettings:
@@ -118,6 +157,18 @@ class FrontSettings:
             max_message_size=smtp_config.max_message_size,
             extensions=tuple(extensions),
             xclient=smtp_config.xclient,
+            tls_mode=listen.tls,
+            server_tls=server_tls_for(listen, config),
+            backend_tls=smtp_config.backend_tls,
+            backend_ca=smtp_config.backend_ca,
+            backend_certificate=smtp_config.backend_certificate,
+            backend_key=smtp_config.backend_key,
+        )
+
+    def backend_tls_for(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
+        """The verifying TLS creator for C{backend}: its host is the name (or IP) checked."""
+        return backend_tls_creator(
+            backend.host, self.backend_ca, self.backend_certificate, self.backend_key
         )
 
 
@@ -164,6 +215,7 @@ class _Body:
     transaction: _Transaction
 
 
+@implementer(IHandshakeListener)
 class SMTPFront(smtp.ESMTP):
     """One client session: answers SMTP itself until a RCPT is routed, then relays."""
 
@@ -189,6 +241,12 @@ class SMTPFront(smtp.ESMTP):
         self._tx: _Transaction | None = None
         self._backend: BackendClient | None = None
         self._backend_route: tuple[HostPort, ...] | None = None
+        self._backend_tls_mode = ""
+        self._secure = False
+        self._tls_starting = False
+        self._handshake_timer: IDelayedCall | None = None
+        self._certificate_problem: CertificateProblem | None = None
+        self._client_tls: ClientTLS | None = None
         self._connected = False
         self._closing = False
         self._session_timer: IDelayedCall | None = None
@@ -214,6 +272,13 @@ class SMTPFront(smtp.ESMTP):
         )
         set_no_delay(self.transport)
         self._session_timer = self.callLater(self._settings.session_timeout, self._session_expired)
+        if self._settings.tls_mode == "implicit":
+            # The greeting waits for the handshake (handshakeCompleted): a client whose
+            # certificate is refused gets nginx's reply instead of it.
+            self._tls_starting = True
+            self._start_handshake_timer()
+            self.setTimeout(self.timeout)
+            return
         super().connectionMade()
 
     @override
@@ -233,6 +298,7 @@ class SMTPFront(smtp.ESMTP):
         self.setTimeout(None)
         if self._session_timer is not None and self._session_timer.active():
             self._session_timer.cancel()
+        self._stop_handshake_timer()
         if not self.session.end:
             self.session.end = (
                 "client closed"
@@ -261,6 +327,72 @@ class SMTPFront(smtp.ESMTP):
     def _reply_and_close(self, reply: Reply) -> None:
         self.send_reply(reply)
         self._close()
+
+    # -- TLS ----------------------------------------------------------------------------
+
+    def _start_handshake_timer(self) -> None:
+        assert self._settings.server_tls is not None
+        self._handshake_timer = self.callLater(
+            self._settings.server_tls.handshake_timeout, self._handshake_expired
+        )
+
+    def _stop_handshake_timer(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshake_expired(self) -> None:
+        """The client did not finish its TLS handshake in time: no reply can reach it."""
+        self._handshake_timer = None
+        self.session.end = "TLS handshake timeout"
+        self._log.info("closing {client}: TLS handshake timeout", client=self.session.client)
+        self._closing = True
+        self.raw_transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (implicit, or after STARTTLS): check the client certificate, record facts."""
+        self._stop_handshake_timer()
+        self._tls_starting = False
+        self._secure = True
+        info = client_tls_info(self.transport)
+        self._client_tls = info
+        if info is not None:
+            verify = f" verify={info.verify}" if info.verify else ""
+            self.session.tls = f"{info.protocol} {info.cipher}{verify}"
+        problem = certificate_problem(self.transport)
+        if problem is not None:
+            self._log.info(
+                "refusing {client}: client certificate {problem} ({verify})",
+                client=self.session.client,
+                problem=problem,
+                verify=info.verify if info is not None else "",
+            )
+            self.session.end = f"client certificate: {problem}"
+            if self._settings.tls_mode == "implicit":
+                self._refuse_certificate(problem)
+            else:
+                # nginx answers the next command: the client is then reading a reply, so the
+                # close cannot reset a command it is still writing.
+                self._certificate_problem = problem
+            return
+        if self._settings.tls_mode == "implicit":
+            self.sendCode(220, self.greeting())
+
+    def _refuse_certificate(self, problem: CertificateProblem) -> None:
+        assert self.transport is not None
+        self.transport.write(CERTIFICATE_REPLIES["smtp"][problem])
+        self._close()
+
+    def _offers_starttls(self) -> bool:
+        return (
+            self._settings.tls_mode in ("starttls", "starttls-required")
+            and self._settings.server_tls is not None
+            and not self._secure
+        )
+
+    def _tls_needed(self) -> bool:
+        """True before TLS on a C{starttls-required} listener: MAIL and AUTH get 530."""
+        return self._settings.tls_mode == "starttls-required" and not self._secure
 
     def _close(self) -> None:
         """End the session: an unfinished message is cut off at the backend, never completed."""
@@ -349,6 +481,9 @@ class SMTPFront(smtp.ESMTP):
 
     @override
     def state_COMMAND(self, line: bytes) -> None:
+        if self._certificate_problem is not None:
+            self._refuse_certificate(self._certificate_problem)
+            return
         parts = line.strip().split(None, 1)
         if not parts or not parts[0].isalpha() or not parts[0].isascii():
             self._protocol_error(R_UNKNOWN)
@@ -435,7 +570,8 @@ class SMTPFront(smtp.ESMTP):
         self._extended = extended
         self.session.helo = argument.decode("ascii")
         if extended:
-            self.send_reply(Reply(250, (self.host, *self._settings.extensions)))
+            starttls = (b"STARTTLS",) if self._offers_starttls() else ()
+            self.send_reply(Reply(250, (self.host, *self._settings.extensions, *starttls)))
         else:
             self.send_reply(Reply(250, (self.host,)))
 
@@ -445,6 +581,8 @@ class SMTPFront(smtp.ESMTP):
         for extension in self._settings.extensions:
             keyword, _, params = extension.partition(b" ")
             result[keyword] = params.split() if params else None
+        if self._offers_starttls():
+            result[b"STARTTLS"] = None
         return result
 
     def do_NOOP(self, rest: bytes) -> None:
@@ -457,9 +595,41 @@ class SMTPFront(smtp.ESMTP):
         self.send_reply(R_HELP)
 
     def ext_STARTTLS(self, rest: bytes) -> None:
-        self._protocol_error(R_NOT_AVAILABLE)
+        server_tls = self._settings.server_tls
+        if server_tls is None or self._settings.tls_mode not in ("starttls", "starttls-required"):
+            self._protocol_error(R_TLS_ACTIVE if self._secure else R_NOT_AVAILABLE)
+            return
+        if self._secure or self._tls_starting:
+            self._protocol_error(R_TLS_ACTIVE)
+            return
+        if rest:
+            self._protocol_error(R_STARTTLS_SYNTAX)
+            return
+        # RFC 3207 section 4.2, CVE-2014-3556: what the client sent after STARTTLS in the
+        # same read is plaintext that must not run as if it came over TLS. Drop it, and
+        # forget everything the plaintext session said; the client must EHLO again.
+        if self._buffer or self._discarding:
+            self._log.info(
+                "{client} pipelined {count} bytes after STARTTLS: discarded",
+                client=self.session.client,
+                count=len(self._buffer),
+            )
+        self._buffer = b""
+        self._discarding = False
+        self._end_transaction("reset", "STARTTLS")
+        self._drop_backend()
+        self._helo_arg = None
+        self._extended = False
+        self.send_reply(R_READY_TLS)
+        self._tls_starting = True
+        self._start_handshake_timer()
+        assert self.transport is not None
+        self.transport.startTLS(server_tls)  # type: ignore[attr-defined]
 
     def ext_AUTH(self, rest: bytes) -> None:
+        if self._tls_needed():
+            self._protocol_error(R_NEED_STARTTLS)
+            return
         self._protocol_error(R_NOT_AVAILABLE)
 
     def do_QUIT(self, rest: bytes) -> None:
@@ -485,6 +655,9 @@ class SMTPFront(smtp.ESMTP):
     # -- the transaction ---------------------------------------------------------------------
 
     def do_MAIL(self, rest: bytes) -> None:
+        if self._tls_needed():
+            self._protocol_error(R_NEED_STARTTLS)
+            return
         if self._helo_arg is None:
             self._protocol_error(R_NEED_HELO)
             return
@@ -553,6 +726,7 @@ class SMTPFront(smtp.ESMTP):
             mail_from=tx.mail_line,
             rcpt_to=line,
             recipient=path[1:-1],
+            tls=self._client_tls,
         )
         try:
             decision = await self._router.lookup(request)
@@ -573,9 +747,11 @@ class SMTPFront(smtp.ESMTP):
         rcpt_command = b"RCPT TO:" + path + (b" " + params if params else b"")
         try:
             if tx.backend_mail is None:
-                backend = await self._backend_for(decision.backends)
+                mode = decision.backend_tls or self._settings.backend_tls
+                backend = await self._backend_for(decision.backends, mode)
                 tx.route = decision.backends
                 tx.record.backend = backend.info.address
+                tx.record.backend_tls = backend.info.tls
                 mail_command = b"MAIL FROM:" + tx.sender + (b" " + tx.params if tx.params else b"")
                 if b"PIPELINING" in backend.extensions:
                     mail_reply, rcpt_reply = backend.commands([mail_command, rcpt_command])
@@ -597,6 +773,14 @@ class SMTPFront(smtp.ESMTP):
                 return tx.backend_mail
             assert self._backend is not None
             return await self._backend.command(rcpt_command)
+        except BackendTLSError as e:
+            self._log.warn(
+                "backend TLS failed for {client}: {error}",
+                client=self.session.client,
+                error=str(e),
+            )
+            self._drop_backend()
+            return R_BACKEND_NO_TLS if isinstance(e, BackendTLSNotOffered) else R_BACKEND_TLS
         except BackendError as e:
             self._log.warn(
                 "backend failed for {client}: {error}", client=self.session.client, error=str(e)
@@ -607,9 +791,19 @@ class SMTPFront(smtp.ESMTP):
                 return R_BACKEND_LOST
             return R_BACKEND_DOWN
 
-    async def _backend_for(self, route: tuple[HostPort, ...]) -> BackendClient:
-        """The open backend connection for C{route}, or a new one introduced with XCLIENT."""
-        if self._backend is not None and self._backend.is_open and self._backend_route == route:
+    async def _backend_for(self, route: tuple[HostPort, ...], tls_mode: str) -> BackendClient:
+        """The open backend connection for C{route}, or a new one: TLS, then XCLIENT.
+
+        @param tls_mode: C{backend_tls} for this route (C{none}, C{opportunistic},
+            C{required} or C{implicit}).
+        @raise BackendTLSError: TLS was required (or offered) and could not be set up.
+        """
+        if (
+            self._backend is not None
+            and self._backend.is_open
+            and self._backend_route == route
+            and self._backend_tls_mode == tls_mode
+        ):
             return self._backend
         self._drop_backend()
         backend, address = await connect_backend(
@@ -618,9 +812,13 @@ class SMTPFront(smtp.ESMTP):
             self.host,
             self._settings.connect_timeout,
             self._settings.backend_timeout,
+            implicit_tls=self._settings.backend_tls_for if tls_mode == "implicit" else None,
         )
         self._backend, self._backend_route = backend, route
+        self._backend_tls_mode = tls_mode
         await self._hello_backend(backend)
+        if tls_mode in ("opportunistic", "required"):
+            await self._secure_backend(backend, address, tls_mode)
         if self._settings.xclient and b"XCLIENT" in backend.extensions:
             commands = xclient_commands(
                 backend.extensions[b"XCLIENT"] or b"", self._xclient_attributes()
@@ -637,6 +835,27 @@ class SMTPFront(smtp.ESMTP):
                     raise BackendError(f"XCLIENT refused: {reply.summary()}")
                 await self._hello_backend(backend)
         return backend
+
+    async def _secure_backend(self, backend: BackendClient, address: HostPort, mode: str) -> None:
+        """STARTTLS to the backend, verified, then EHLO again (RFC 3207 section 4.2).
+
+        C{required}: no STARTTLS offered, a refusal or a failed handshake raise
+        L{BackendTLSError}, before anything but EHLO was sent. C{opportunistic}: a backend
+        that does not offer STARTTLS (or refuses it) is used in plaintext, but one whose
+        handshake fails is not: that connection is gone, and a retry in plaintext is what an
+        attacker breaking handshakes would want.
+        """
+        if b"STARTTLS" not in backend.extensions:
+            if mode == "required":
+                raise BackendTLSNotOffered(f"{address} does not offer STARTTLS")
+            return
+        reply = await backend.start_tls(self._settings.backend_tls_for(address))
+        if reply.code != 220:
+            if mode == "required":
+                raise BackendTLSNotOffered(f"{address} refused STARTTLS: {reply.summary()}")
+            return
+        await backend.handshake()
+        await self._hello_backend(backend)
 
     async def _hello_backend(self, backend: BackendClient) -> None:
         reply = await backend.command(b"EHLO " + self.host)
