@@ -238,10 +238,10 @@ class RoutingTests(SynchronousTestCase):
     """RCPT asks the router; its answer decides the reply or the backend."""
 
     def test_router_request(self) -> None:
-        """The router gets nginx's SMTP facts: full MAIL/RCPT lines, HELO, client address."""
+        """The router gets nginx's SMTP facts: MAIL/RCPT lines as typed, HELO, client address."""
         h = FrontHarness(client_ip="127.0.0.2")
         h.router.answer = Refuse("no")
-        h.send(b"EHLO client.test\r\nMAIL FROM:<a@b.example> SIZE=10\r\nRCPT TO:<c@d.example>\r\n")
+        h.send(b"EHLO client.test\r\nmail FROM:<a@b.example> SIZE=10\r\nRcpt To:<c@d.example>\r\n")
         [request] = h.router.requests
         self.assertEqual(
             (
@@ -261,8 +261,8 @@ class RoutingTests(SynchronousTestCase):
                 "127.0.0.2",
                 40000,
                 b"client.test",
-                b"MAIL FROM:<a@b.example> SIZE=10",
-                b"RCPT TO:<c@d.example>",
+                b"mail FROM:<a@b.example> SIZE=10",
+                b"Rcpt To:<c@d.example>",
                 b"c@d.example",
                 "[UNAVAILABLE]",
             ),

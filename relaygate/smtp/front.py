@@ -242,6 +242,7 @@ class SMTPFront(smtp.ESMTP):
         self._backend: BackendClient | None = None
         self._backend_route: tuple[HostPort, ...] | None = None
         self._backend_tls_mode = ""
+        self._command_line = b""
         self._secure = False
         self._tls_starting = False
         self._handshake_timer: IDelayedCall | None = None
@@ -512,6 +513,8 @@ class SMTPFront(smtp.ESMTP):
 
     # -- replies ------------------------------------------------------------------------
 
+        # nginx sends the client's MAIL and RCPT lines to the auth service exactly as typed.
+        self._command_line = line
     def send_reply(self, reply: Reply) -> None:
         """Send C{reply} to the client (multi-line replies keep their lines)."""
         if self._connected:
@@ -635,6 +638,7 @@ class SMTPFront(smtp.ESMTP):
     def do_QUIT(self, rest: bytes) -> None:
         self.session.end = "quit"
         self.send_reply(Reply(221, (b"2.0.0 " + self.host + b" Bye",)))
+        self._command_line = b""
         self._close()
 
     def do_RSET(self, rest: bytes) -> None:
@@ -679,7 +683,7 @@ class SMTPFront(smtp.ESMTP):
             return
         record = TransactionRecord(started=self._reactor.seconds(), sender=_text(path[1:-1]))
         self._tx = _Transaction(
-            mail_line=b"MAIL " + rest, sender=path, params=params, record=record
+            mail_line=self._command_line, sender=path, params=params, record=record
         )
         self.send_reply(R_SENDER_OK)
 
@@ -699,7 +703,7 @@ class SMTPFront(smtp.ESMTP):
             self.send_reply(R_TOO_MANY_RCPTS)
             return
         tx.recipients += 1
-        self._run(self._rcpt(tx, b"RCPT " + rest, path, params))
+        self._run(self._rcpt(tx, self._command_line, path, params))
 
     async def _rcpt(self, tx: _Transaction, line: bytes, path: bytes, params: bytes) -> Reply:
         reply = await self._route_recipient(tx, line, path, params)
