@@ -18,6 +18,8 @@ PROTOCOLS: Final = ("smtp", "imap", "pop3")
 LISTEN_TLS_MODES: Final = ("none", "starttls", "starttls-required", "implicit")
 BACKEND_TLS_MODES: Final = ("none", "opportunistic", "required", "implicit")
 SMTP_AUTH_METHODS: Final = ("none", "plain", "login", "cram-md5", "external")
+SMTP_BACKEND_AUTH_MODES: Final = ("xclient", "plain", "none")
+PROXY_PROTOCOL_VERSIONS: Final = ("none", "v1", "v2")
 DEFAULT_SMTP_EXTENSIONS: Final = ("PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES")
 KNOWN_SMTP_EXTENSIONS: Final = (*DEFAULT_SMTP_EXTENSIONS, "SMTPUTF8", "DSN")
 
@@ -146,6 +148,8 @@ class RouteConfig:
     backends: tuple[HostPort, ...]
     backend_tls: str = ""
     """The route's own C{backend_tls} (SMTP); C{""} takes the C{[smtp]} value."""
+    backend_proxy_protocol: str = ""
+    """The route's own C{backend_proxy_protocol}; C{""} takes the protocol section's value."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,9 @@ class SMTPConfig:
     max_line_length: int = 2048
     max_errors: int = 5
     backend_timeout: float = 300.0
+    backend_auth: str = "xclient"
+    max_auth_attempts: int = 3
+    backend_proxy_protocol: str = "none"
 
 
 @dataclass(frozen=True)
@@ -519,7 +526,13 @@ def _read_route(t: _Table) -> RouteConfig:
     if backend_tls and protocol != "smtp":
         raise t.error("backend_tls", 'needs protocol = "smtp" (only SMTP backends speak TLS yet)')
     route = RouteConfig(
-        protocol=protocol, match=match, backends=tuple(backends), backend_tls=backend_tls
+        protocol=protocol,
+        match=match,
+        backends=tuple(backends),
+        backend_tls=backend_tls,
+        backend_proxy_protocol=t.choice(
+            "backend_proxy_protocol", ("", *PROXY_PROTOCOL_VERSIONS), ""
+        ),
     )
     t.finish()
     return route
@@ -540,6 +553,9 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
         max_line_length=t.integer("max_line_length", 2048, minimum=512),
         max_errors=t.integer("max_errors", 5, minimum=1),
         backend_timeout=t.number("backend_timeout", 300.0, minimum=0.001),
+        backend_auth=t.choice("backend_auth", SMTP_BACKEND_AUTH_MODES, "xclient"),
+        max_auth_attempts=t.integer("max_auth_attempts", 3, minimum=1),
+        backend_proxy_protocol=t.choice("backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"),
     )
     for extension in smtp.extensions:
         if extension not in KNOWN_SMTP_EXTENSIONS:
@@ -547,12 +563,12 @@ def _read_smtp(t: _Table, base: str) -> SMTPConfig:
                 "extensions",
                 f"{extension!r} is not one of {', '.join(KNOWN_SMTP_EXTENSIONS)}",
             )
-    if smtp.auth != ("none",):
-        raise t.error("auth", 'only ["none"] is supported by this version')
+    if not smtp.auth:
+        raise t.error("auth", 'needs at least one method ("none" for no AUTH)')
+    if smtp.backend_auth == "xclient" and not smtp.xclient and smtp.auth != ("none",):
+        raise t.error("backend_auth", '"xclient" needs xclient = true')
     _check_ca_bundle(t, "backend_ca", smtp.backend_ca)
     _check_client_certificate(t, smtp.backend_certificate, smtp.backend_key)
-    if smtp.greeting_delay:
-        raise t.error("greeting_delay", "only 0 is supported by this version")
     t.finish()
     return smtp
 
@@ -709,6 +725,12 @@ def _check_consistency(root: _Table, config: Config) -> None:
             for method in ("apop", "cram-md5", "external"):
                 if method in methods:
                     raise root.error(f"{section}.auth", f"{method!r} needs [auth] http")
+    smtp_mechanisms = [method for method in config.smtp.auth if method != "none"]
+    if smtp_mechanisms and not config.auth.http:
+        # The embedded table checks no password: only an auth service can say yes to a login.
+        raise root.error("smtp.auth", f"{smtp_mechanisms[0]!r} needs [auth] http")
+    if "external" in config.smtp.auth and config.tls.verify_client == "off":
+        raise root.error("smtp.auth", "'external' needs [tls] verify_client and client_ca")
     for index, listen in enumerate(config.listen):
         if listen.tls != "none" and not config.tls.certificate:
             raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")

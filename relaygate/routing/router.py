@@ -74,13 +74,14 @@ class Accept:
     """Route the session: try C{backends} in order; C{user}/C{password} rewrite the login.
 
     C{backend_tls} is the route's own C{backend_tls} mode (a C{[[route]]} entry's); C{""} means
-    the protocol section's.
+    the protocol section's; C{backend_proxy_protocol} likewise (C{v1}, C{v2} or C{none}).
     """
 
     backends: tuple[HostPort, ...]
     user: bytes | None = None
     password: bytes | None = None
     backend_tls: str = ""
+    backend_proxy_protocol: str = ""
     details: dict[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -36,7 +36,11 @@ class TableRouter:
             for route in routes:
                 if route.protocol not in (protocol, "*"):
                     continue
-                answer = Accept(backends=route.backends, backend_tls=route.backend_tls)
+                answer = Accept(
+                    backends=route.backends,
+                    backend_tls=route.backend_tls,
+                    backend_proxy_protocol=route.backend_proxy_protocol,
+                )
                 if route.match == "*":
                     self._any.setdefault(protocol, answer)
                 else:

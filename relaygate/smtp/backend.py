@@ -42,6 +42,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import HostPort
+from relaygate.proxy_protocol import PreambleEndpoint
 from relaygate.tls import tls_facts
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
@@ -367,10 +368,12 @@ def client_endpoint(
     backend: HostPort,
     timeout: float,
     tls: IOpenSSLClientConnectionCreator | None = None,
+    preamble: bytes = b"",
 ) -> IStreamClientEndpoint:
     """An endpoint for C{backend}: TCP for an IP literal, name resolution for a host name.
 
     With C{tls}, the connection speaks TLS from its first byte (C{backend_tls = "implicit"}).
+    C{preamble} (a PROXY header) is sent first, below TLS.
     """
     endpoint: IStreamClientEndpoint
     try:
@@ -384,6 +387,8 @@ def client_endpoint(
             endpoint = TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
         else:
             endpoint = TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    if preamble:
+        endpoint = PreambleEndpoint(endpoint, preamble)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)
     return endpoint
@@ -396,10 +401,12 @@ async def connect_backend(
     connect_timeout: float,
     reply_timeout: float,
     implicit_tls: TLSCreatorFor | None = None,
+    preamble: bytes = b"",
 ) -> tuple[BackendClient, HostPort]:
     """Connect to the first of C{backends} that accepts and greets with 2xx (failover in order).
 
     @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
+    @param preamble: bytes sent first on each connection (a PROXY header).
     @raise BackendUnreachable: when none does; L{BackendTLSError} when the last one tried
         failed its TLS handshake.
     """
@@ -410,7 +417,7 @@ async def connect_backend(
         client = BackendClient(identity, reactor, reply_timeout)
         try:
             creator = implicit_tls(backend) if implicit_tls is not None else None
-            endpoint = client_endpoint(reactor, backend, connect_timeout, creator)
+            endpoint = client_endpoint(reactor, backend, connect_timeout, creator, preamble)
             await endpoint.connect(_OneClient(client))
             greeting = await client.greeting
         except CancelledError:

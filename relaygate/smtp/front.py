@@ -62,6 +62,8 @@ from relaygate.smtp.backend import (
     set_no_delay,
 )
 from relaygate.smtp.data import BodyFault, BodyScanner
+from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
+from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import xclient_commands
 from relaygate.tls import (
     CERTIFICATE_REPLIES,
@@ -133,6 +135,11 @@ class FrontSettings:
     backend_ca: str = ""
     backend_certificate: str = ""
     backend_key: str = ""
+    auth: tuple[str, ...] = ("none",)
+    backend_auth: str = "none"
+    max_auth_attempts: int = 3
+    greeting_delay: float = 0.0
+    backend_proxy_protocol: str = "none"
 
     @classmethod
     def from_config(cls, config: Config, listen: ListenConfig) -> FrontSettings:
@@ -163,6 +170,11 @@ class FrontSettings:
             backend_ca=smtp_config.backend_ca,
             backend_certificate=smtp_config.backend_certificate,
             backend_key=smtp_config.backend_key,
+            auth=smtp_config.auth,
+            backend_auth=smtp_config.backend_auth,
+            max_auth_attempts=smtp_config.max_auth_attempts,
+            greeting_delay=smtp_config.greeting_delay,
+            backend_proxy_protocol=smtp_config.backend_proxy_protocol,
         )
 
     def backend_tls_for(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
@@ -254,6 +266,7 @@ class SMTPFront(smtp.ESMTP):
         self._awaiting_final = False
         self._client_ip = ""
         self._client_port = 0
+        self._submission = Submission(self)
         self.session: SessionRecord
 
     # -- connection ---------------------------------------------------------------------
@@ -265,6 +278,7 @@ class SMTPFront(smtp.ESMTP):
         peer = self.transport.getPeer()
         self._client_ip = str(getattr(peer, "host", ""))
         self._client_port = int(getattr(peer, "port", 0))
+        self._submission.connected()
         self.session = SessionRecord(
             session_id=f"{os.getpid():x}.{next(_session_ids):x}",
             client=f"{self._client_ip}:{self._client_port}",
@@ -279,6 +293,8 @@ class SMTPFront(smtp.ESMTP):
             self._tls_starting = True
             self._start_handshake_timer()
             self.setTimeout(self.timeout)
+            return
+        if self._submission.delay_greeting():
             return
         super().connectionMade()
 
@@ -300,6 +316,7 @@ class SMTPFront(smtp.ESMTP):
         if self._session_timer is not None and self._session_timer.active():
             self._session_timer.cancel()
         self._stop_handshake_timer()
+        self._submission.disconnected()
         if not self.session.end:
             self.session.end = (
                 "client closed"
@@ -419,6 +436,8 @@ class SMTPFront(smtp.ESMTP):
     @override
     def dataReceived(self, data: bytes) -> None:
         self.session.bytes_in += len(data)
+        if self._submission.early_talker():
+            return
         if self._pending is None:
             self.resetTimeout()
         if self._body is not None and self._pending is None and not self._buffer:
@@ -462,7 +481,7 @@ class SMTPFront(smtp.ESMTP):
             if len(self._buffer) > limit:
                 # Answer at once, then drop bytes until the line's end: never buffer it all.
                 if not self._discarding:
-                    self._protocol_error(R_LINE_TOO_LONG)
+                    self._protocol_error(self._submission.line_too_long())
                 self._discarding = True
                 self._buffer = b""
             return False, None
@@ -473,7 +492,7 @@ class SMTPFront(smtp.ESMTP):
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) + 2 > limit:
-            self._protocol_error(R_LINE_TOO_LONG)
+            self._protocol_error(self._submission.line_too_long())
             return True, None
         if b"\r" in line or b"\0" in line:
             self._protocol_error(R_BAD_CHARS)
@@ -574,7 +593,8 @@ class SMTPFront(smtp.ESMTP):
         self.session.helo = argument.decode("ascii")
         if extended:
             starttls = (b"STARTTLS",) if self._offers_starttls() else ()
-            self.send_reply(Reply(250, (self.host, *self._settings.extensions, *starttls)))
+            auth = self._submission.ehlo_keywords()
+            self.send_reply(Reply(250, (self.host, *self._settings.extensions, *starttls, *auth)))
         else:
             self.send_reply(Reply(250, (self.host,)))
 
@@ -623,6 +643,7 @@ class SMTPFront(smtp.ESMTP):
         self._drop_backend()
         self._helo_arg = None
         self._extended = False
+        self._submission.reset()
         self.send_reply(R_READY_TLS)
         self._tls_starting = True
         self._start_handshake_timer()
@@ -633,7 +654,12 @@ class SMTPFront(smtp.ESMTP):
         if self._tls_needed():
             self._protocol_error(R_NEED_STARTTLS)
             return
-        self._protocol_error(R_NOT_AVAILABLE)
+        self._submission.auth_command(rest)
+
+    @override
+    def state_AUTH(self, line: bytes) -> None:
+        # A continuation line of an AUTH exchange (RFC 4954 section 4).
+        self._submission.auth_response(line)
 
     def do_QUIT(self, rest: bytes) -> None:
         self.session.end = "quit"
@@ -664,6 +690,9 @@ class SMTPFront(smtp.ESMTP):
             return
         if self._helo_arg is None:
             self._protocol_error(R_NEED_HELO)
+            return
+        if self._submission.needs_auth():
+            self._protocol_error(R_AUTH_REQUIRED)
             return
         if self._tx is not None:
             self._protocol_error(R_NESTED_MAIL)
@@ -731,9 +760,12 @@ class SMTPFront(smtp.ESMTP):
             rcpt_to=line,
             recipient=path[1:-1],
             tls=self._client_tls,
+            proxy=self._submission.proxy,
         )
         try:
-            decision = await self._router.lookup(request)
+            # After AUTH, the login's routing decision serves every transaction (as in nginx).
+            login = self._submission.login
+            decision = login.decision if login is not None else await self._router.lookup(request)
         except RouterUnavailable as e:
             self._log.warn(
                 "router unavailable for {client}: {error}",
@@ -752,6 +784,9 @@ class SMTPFront(smtp.ESMTP):
         try:
             if tx.backend_mail is None:
                 mode = decision.backend_tls or self._settings.backend_tls
+                self._submission.backend_proxy_protocol = (
+                    decision.backend_proxy_protocol or self._settings.backend_proxy_protocol
+                )
                 backend = await self._backend_for(decision.backends, mode)
                 tx.route = decision.backends
                 tx.record.backend = backend.info.address
@@ -777,6 +812,14 @@ class SMTPFront(smtp.ESMTP):
                 return tx.backend_mail
             assert self._backend is not None
             return await self._backend.command(rcpt_command)
+        except BackendLoginRefused as e:
+            self._log.warn(
+                "backend login failed for {client}: {error}",
+                client=self.session.client,
+                error=str(e),
+            )
+            self._drop_backend()
+            return R_BACKEND_LOGIN
         except BackendTLSError as e:
             self._log.warn(
                 "backend TLS failed for {client}: {error}",
@@ -817,12 +860,14 @@ class SMTPFront(smtp.ESMTP):
             self._settings.connect_timeout,
             self._settings.backend_timeout,
             implicit_tls=self._settings.backend_tls_for if tls_mode == "implicit" else None,
+            preamble=self._submission.proxy_preamble,
         )
         self._backend, self._backend_route = backend, route
         self._backend_tls_mode = tls_mode
         await self._hello_backend(backend)
         if tls_mode in ("opportunistic", "required"):
             await self._secure_backend(backend, address, tls_mode)
+        self._submission.check_backend_login(backend, address)
         if self._settings.xclient and b"XCLIENT" in backend.extensions:
             commands = xclient_commands(
                 backend.extensions[b"XCLIENT"] or b"", self._xclient_attributes()
@@ -838,6 +883,7 @@ class SMTPFront(smtp.ESMTP):
                     )
                     raise BackendError(f"XCLIENT refused: {reply.summary()}")
                 await self._hello_backend(backend)
+        await self._submission.log_in_backend(backend, address)
         return backend
 
     async def _secure_backend(self, backend: BackendClient, address: HostPort, mode: str) -> None:
@@ -881,6 +927,7 @@ class SMTPFront(smtp.ESMTP):
             (b"NAME", b"[UNAVAILABLE]"),
             (b"PROTO", b"ESMTP" if self._extended else b"SMTP"),
             (b"HELO", self._helo_arg or b""),
+            *self._submission.xclient_attributes(),
         ]
 
     def do_DATA(self, rest: bytes) -> None:
