@@ -661,10 +661,21 @@ async def start_relay(case: TestCase, config: Config | str) -> Relay:
     ports = [
         port.getHost().port  # type: ignore[attr-defined]
         for factory, port in tracking.listening
-        # An implicit-TLS listener's factory wraps the front's (TLSMemoryBIOFactory).
-        if isinstance(getattr(factory, "wrappedFactory", factory), SMTPFrontFactory)
+        # Implicit TLS, PROXY and limits listeners wrap the front's factory in theirs.
+        if isinstance(_front_factory(factory), SMTPFrontFactory)
     ]
     return Relay(config=config, port=ports[0], service=service, reactor=tracking)
+
+
+def _front_factory(factory: object) -> object:
+    """The front's factory under any wrapping ones (TLSMemoryBIOFactory, PROXY, limits)."""
+    while True:
+        inner = getattr(factory, "wrappedFactory", None) or getattr(
+            factory, "wrapped_factory", None
+        )
+        if inner is None:
+            return factory
+        factory = inner
 
 
 # -- clients -----------------------------------------------------------------------------------
