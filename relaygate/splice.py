@@ -19,6 +19,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
     ITCPTransport,
     ITransport,
 )
@@ -131,6 +132,12 @@ class Splice:
 
     def _half_close(self, transport: ITransport) -> None:
         lose_write = getattr(transport, "loseWriteConnection", None)
+        if ISSLTransport.providedBy(transport) and not (self._client_eof and self._backend_eof):
+            # A connection that switched to TLS (startTLS) inherits FileDescriptor's
+            # loseWriteConnection, which would send a bare FIN past the TLS layer. TLS ends
+            # writing with close_notify (loseConnection), and still reads what comes after.
+            transport.loseConnection()
+            return
         if lose_write is not None and not (self._client_eof and self._backend_eof):
             lose_write()
             return

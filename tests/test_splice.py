@@ -8,14 +8,14 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 from relaygate.splice import Splice, SpliceEnd
 
@@ -77,6 +77,16 @@ class SpliceTests(SynchronousTestCase):
         self.splice.backend_eof()
         self.assertFalse(self.client.write_closed)
         self.assertTrue(self.client.disconnecting and self.backend.disconnecting)
+
+    def test_half_close_towards_tls_closes_with_close_notify(self) -> None:
+        """Toward a TLS connection a half-close is loseConnection, never a bare FIN."""
+        directlyProvides(self.backend, ISSLTransport)
+        self.splice.client_eof()
+        self.assertFalse(self.backend.write_closed)
+        self.assertTrue(self.backend.disconnecting)
+        self.assertFalse(self.client.disconnecting)
+        self.splice.from_backend(b"+OK bye\r\n")
+        self.assertEqual(self.client.value(), b"+OK bye\r\n")
 
     def test_end_reported_once_both_closed(self) -> None:
         """The end is reported when both are gone, named after the first to go."""
