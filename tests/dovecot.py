@@ -4,6 +4,9 @@ One runs per test class (it starts in a fraction of a second); a test gets it wi
 
     dovecot = await dovecot_for(self, {"alice@example.org": "secret"})
 
+With C{ssl="yes"} or C{"required"} and a certificate (L{tests.certs}), it also offers STARTTLS/STLS
+and listens for implicit TLS (C{imaps_port}, C{pop3s_port}); by default it speaks plaintext only.
+
 Dovecot runs in the foreground and logs to its stderr, which a thread reads line by line, so
 tests can wait for a log line (L{Dovecot.wait_for_log}) instead of sleeping. The process is
 not owned by the reactor: trial's reactor checks between tests would see its pipes otherwise.
@@ -36,8 +39,8 @@ base_dir = {dir}/run
 state_dir = {dir}/state
 log_path = /dev/stderr
 info_log_path = /dev/stderr
-ssl = no
-listen = 127.0.0.1
+ssl = {ssl}
+{ssl_files}listen = 127.0.0.1
 protocols = imap pop3
 disable_plaintext_auth = no
 auth_mechanisms = plain login
@@ -60,7 +63,8 @@ service imap-login {{
     port = {imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
   }}
 }}
 service pop3-login {{
@@ -69,7 +73,8 @@ service pop3-login {{
     port = {pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    address = 127.0.0.1
+    port = {pop3s_port}
   }}
 }}
 service anvil {{
@@ -93,11 +98,24 @@ class DovecotError(Exception):
 class Dovecot:
     """One running Dovecot; see the module docstring."""
 
-    def __init__(self, directory: str, users: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        directory: str,
+        users: Mapping[str, str],
+        ssl: str = "no",
+        certificate: str = "",
+        key: str = "",
+    ) -> None:
         self.directory = directory
         self.users = dict(users)
+        self.ssl = ssl
+        self._certificate = certificate
+        self._key = key
         self.imap_port = free_port()
         self.pop3_port = free_port()
+        # 0 turns Dovecot's implicit-TLS listeners off.
+        self.imaps_port = free_port() if ssl != "no" else 0
+        self.pop3s_port = free_port() if ssl != "no" else 0
         self.log: list[str] = []
         self._changed = threading.Condition()
         self._process: subprocess.Popen[bytes] | None = None
@@ -106,8 +124,19 @@ class Dovecot:
         self._uid, self._gid = nobody.pw_uid, nobody.pw_gid
 
     @classmethod
-    def start(cls, users: Mapping[str, str], timeout: float = 30.0) -> Dovecot:
-        """Write the config, start Dovecot and return once it listens (blocking)."""
+    def start(
+        cls,
+        users: Mapping[str, str],
+        timeout: float = 30.0,
+        ssl: str = "no",
+        certificate: str = "",
+        key: str = "",
+    ) -> Dovecot:
+        """Write the config, start Dovecot and return once it listens (blocking).
+
+        @param ssl: Dovecot's C{ssl} setting: C{no}, C{yes} or C{required}; the last two need
+            C{certificate} (a PEM chain) and C{key}.
+        """
         if DOVECOT is None:
             raise DovecotError(
                 "dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)"
@@ -115,7 +144,7 @@ class Dovecot:
         directory = tempfile.mkdtemp(prefix="relaygate-dovecot-")
         # Dovecot's auth process runs as "dovecot" and must reach the passwd file.
         os.chmod(directory, 0o711)
-        dovecot = cls(directory, users)
+        dovecot = cls(directory, users, ssl, certificate, key)
         dovecot._write_files()
         dovecot._spawn()
         try:
@@ -134,6 +163,14 @@ class Dovecot:
                     gid=self._gid,
                     imap_port=self.imap_port,
                     pop3_port=self.pop3_port,
+                    imaps_port=self.imaps_port,
+                    pop3s_port=self.pop3s_port,
+                    ssl=self.ssl,
+                    ssl_files=(
+                        f"ssl_cert = <{self._certificate}\nssl_key = <{self._key}\n"
+                        if self.ssl != "no"
+                        else ""
+                    ),
                 )
             )
         passwd = os.path.join(self.directory, "passwd")
@@ -228,16 +265,22 @@ atexit.register(_stop_all)
 
 
 async def dovecot_for(
-    case: TestCase, users: Mapping[str, str], prepare: Callable[[Dovecot], None] | None = None
+    case: TestCase,
+    users: Mapping[str, str],
+    prepare: Callable[[Dovecot], None] | None = None,
+    ssl: str = "no",
+    certificate: str = "",
+    key: str = "",
 ) -> Dovecot:
     """The Dovecot of C{case}'s test class, started (and C{prepare}d) by its first test.
 
     trial has no C{setUpClass}, so the class's first test starts it in a thread and every
     later test of the class reuses it; all of them are stopped when the test run exits.
+    C{ssl}, C{certificate} and C{key} as in L{Dovecot.start}.
     """
     cls = type(case)
     if cls not in _RUNNING:
-        dovecot = await deferToThread(Dovecot.start, users)
+        dovecot = await deferToThread(Dovecot.start, users, 30.0, ssl, certificate, key)
         _RUNNING[cls] = dovecot
         if prepare is not None:
             await deferToThread(prepare, dovecot)
