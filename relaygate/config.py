@@ -147,7 +147,7 @@ class RouteConfig:
     match: str
     backends: tuple[HostPort, ...]
     backend_tls: str = ""
-    """The route's own C{backend_tls} (SMTP); C{""} takes the C{[smtp]} value."""
+    """The route's own C{backend_tls}; C{""} takes the protocol section's value."""
     backend_proxy_protocol: str = ""
     """The route's own C{backend_proxy_protocol}; C{""} takes the protocol section's value."""
 
@@ -224,6 +224,8 @@ class IMAPConfig:
     backend_login: str = "login"
     backend_tls: str = "none"
     backend_ca: str = ""
+    backend_certificate: str = ""
+    backend_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ class POP3Config:
     backend_login: str = "user"
     backend_tls: str = "none"
     backend_ca: str = ""
+    backend_certificate: str = ""
+    backend_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -523,8 +527,6 @@ def _read_route(t: _Table) -> RouteConfig:
         except ValueError as e:
             raise t.error("backends", f"{text!r}: {e}") from None
     backend_tls = t.choice("backend_tls", ("", *BACKEND_TLS_MODES), "")
-    if backend_tls and protocol != "smtp":
-        raise t.error("backend_tls", 'needs protocol = "smtp" (only SMTP backends speak TLS yet)')
     route = RouteConfig(
         protocol=protocol,
         match=match,
@@ -645,9 +647,11 @@ def _read_imap(t: _Table, base: str) -> IMAPConfig:
         backend_login=t.choice("backend_login", ("login", "plain"), d.backend_login),
         backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
         backend_ca=t.path("backend_ca", base),
+        backend_certificate=t.path("backend_certificate", base),
+        backend_key=t.path("backend_key", base),
     )
-    if imap.backend_tls != "none":
-        raise t.error("backend_tls", 'only "none" is supported by this version')
+    _check_ca_bundle(t, "backend_ca", imap.backend_ca)
+    _check_client_certificate(t, imap.backend_certificate, imap.backend_key)
     t.finish()
     return imap
 
@@ -667,9 +671,11 @@ def _read_pop3(t: _Table, base: str) -> POP3Config:
         backend_login=t.choice("backend_login", ("user", "plain"), d.backend_login),
         backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
         backend_ca=t.path("backend_ca", base),
+        backend_certificate=t.path("backend_certificate", base),
+        backend_key=t.path("backend_key", base),
     )
-    if pop3.backend_tls != "none":
-        raise t.error("backend_tls", 'only "none" is supported by this version')
+    _check_ca_bundle(t, "backend_ca", pop3.backend_ca)
+    _check_client_certificate(t, pop3.backend_certificate, pop3.backend_key)
     t.finish()
     return pop3
 
@@ -731,14 +737,15 @@ def _check_consistency(root: _Table, config: Config) -> None:
         raise root.error("smtp.auth", f"{smtp_mechanisms[0]!r} needs [auth] http")
     if "external" in config.smtp.auth and config.tls.verify_client == "off":
         raise root.error("smtp.auth", "'external' needs [tls] verify_client and client_ca")
+    for section, methods in (("imap", config.imap.auth), ("pop3", config.pop3.auth)):
+        # EXTERNAL is offered only to a client whose certificate verified.
+        if "external" in methods and config.tls.verify_client == "off":
+            raise root.error(
+                f"{section}.auth", "'external' needs [tls] verify_client and client_ca"
+            )
     for index, listen in enumerate(config.listen):
         if listen.tls != "none" and not config.tls.certificate:
             raise root.error(f"listen[{index}].tls", f"{listen.tls!r} needs [tls] certificate")
-        if listen.tls not in ("none", "implicit") and listen.protocol != "smtp":
-            raise root.error(
-                f"listen[{index}].tls",
-                f'only "none" and "implicit" are supported for {listen.protocol} by this version',
-            )
         if listen.proxy_protocol and not config.realip.trusted:
             raise root.error(
                 f"listen[{index}].proxy_protocol", "needs [realip] trusted (who may send it)"

@@ -6,6 +6,10 @@ them (C{src/mail/ngx_mail_imap_handler.c}). At the backend it sends C{ID} with t
 address and logs in with C{LOGIN} (quoted strings, or literals for what quoting cannot carry)
 or C{AUTHENTICATE PLAIN} when the backend says C{LOGINDISABLED} or the config asks for it.
 The client's tagged OK carries the backend's post-login capabilities.
+
+STARTTLS (RFC 3501 section 6.2.1) is offered on C{starttls} and C{starttls-required}
+listeners; the latter says C{LOGINDISABLED} until TLS is up. To the backend, C{backend_tls}
+sends C{STARTTLS} before anything that identifies the client (L{LoginFront.secure_backend}).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from relaygate.imap_syntax import (
     quote,
     response_code,
 )
+from relaygate.listeners import server_tls_for
 from relaygate.login import (
     BackendClient,
     BackendError,
@@ -76,15 +81,19 @@ class IMAPFront(LoginFront):
     def _login_disabled(self) -> bool:
         return self.settings.tls_mode == "starttls-required" and not self.secure
 
+    def _offered(self, method: str) -> bool:
+        """Whether mechanism C{method} is on offer now: EXTERNAL needs a verified certificate."""
+        if method not in self.settings.auth:
+            return False
+        return method != "external" or self.has_verified_certificate()
+
     def capability_line(self) -> bytes:
         """The pre-auth capability list, as nginx builds it from the config and TLS state."""
         caps = list(self._capabilities)
         if self._login_disabled():
             caps += [b"STARTTLS", b"LOGINDISABLED"]
             return b" ".join(caps)
-        caps += [
-            b"AUTH=" + name for name, method in _MECHANISMS.items() if method in self.settings.auth
-        ]
+        caps += [b"AUTH=" + name for name, method in _MECHANISMS.items() if self._offered(method)]
         if self.settings.tls_mode in ("starttls", "starttls-required") and not self.secure:
             caps.append(b"STARTTLS")
         return b" ".join(caps)
@@ -168,12 +177,16 @@ class IMAPFront(LoginFront):
         self._ok(command.tag)
 
     def do_STARTTLS(self, command: Command) -> None:
-        if not self.start_tls(command.tag):
+        """RFC 3501 6.2.1; BAD where the listener offers no STARTTLS or TLS is already up."""
+        reply = b"%s OK Begin TLS negotiation now\r\n" % command.tag
+        if command.args or not self.begin_tls(reply):
             self._bad(command.tag)
 
-    def start_tls(self, tag: bytes) -> bool:
-        """Begin TLS after C{tag OK}; C{False} while the listener offers no STARTTLS."""
-        return False
+    @override
+    def reset_session(self) -> None:
+        self._continued = 0
+        self._sasl = None
+        self._sasl_user = b""
 
     def do_LOGIN(self, command: Command) -> None:
         args = command.args
@@ -195,6 +208,9 @@ class IMAPFront(LoginFront):
         mechanism = _MECHANISMS.get(_as_bytes(args[0]).upper())
         if mechanism is None or mechanism not in self.settings.auth:
             return self._bad(command.tag)
+        if not self._offered(mechanism):
+            self.invalid(b"%s NO EXTERNAL needs a verified client certificate\r\n" % command.tag)
+            return
         initial = _as_bytes(args[1]) if len(args) == 2 else None
         if initial == b"=":
             initial = b""
@@ -267,6 +283,15 @@ class IMAPFront(LoginFront):
         caps = _capabilities_from_code(code)
         if caps is None:
             status, _, untagged = await session.command(b"CAPABILITY")
+            caps = _capabilities_from_untagged(untagged) or set()
+
+        async def starttls() -> bool:
+            status, _, _ = await session.command(b"STARTTLS")
+            return status == b"OK"
+
+        if await self.secure_backend(backend, b"STARTTLS" in caps, starttls):
+            # RFC 3501 6.2.1: what the server said before TLS is forgotten; ask again.
+            _, _, untagged = await session.command(b"CAPABILITY")
             caps = _capabilities_from_untagged(untagged) or set()
         if self._send_id and b"ID" in caps:
             await session.command(b"ID " + _id_list(self.client))
@@ -426,7 +451,7 @@ def _id_list(client: Any) -> bytes:
     )
 
 
-def _imap_settings(config: Config, tls_mode: str) -> FrontSettings:
+def _imap_settings(config: Config, listen: ListenConfig) -> FrontSettings:
     imap = config.imap
     return FrontSettings(
         server_name=config.server.name,
@@ -441,7 +466,12 @@ def _imap_settings(config: Config, tls_mode: str) -> FrontSettings:
         pass_error_message=imap.pass_error_message,
         xclient=imap.xclient,
         backend_login=imap.backend_login,
-        tls_mode=tls_mode,
+        tls_mode=listen.tls,
+        server_tls=server_tls_for(listen, config),
+        backend_tls=imap.backend_tls,
+        backend_ca=imap.backend_ca,
+        backend_certificate=imap.backend_certificate,
+        backend_key=imap.backend_key,
     )
 
 
@@ -458,7 +488,7 @@ class IMAPFrontFactory(Factory):
         reactor: Any,
         random: Callable[[], int] | None = None,
     ) -> None:
-        self.settings = _imap_settings(config, listen.tls)
+        self.settings = _imap_settings(config, listen)
         self.router = router
         self.reactor = reactor
         self.random = random

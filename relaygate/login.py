@@ -9,6 +9,12 @@ that differ: command parsing, replies, and the backend login dialogue.
 The router replies follow nginx's mail module (C{src/mail/ngx_mail_auth_http_module.c}): a
 refusal is shown to the client and, unless the router asked to wait (``Auth-Wait``), ends the
 session; a router or backend that fails gets the protocol's "internal server error" and a close.
+
+TLS (DESIGN rule 5): L{LoginFront.begin_tls} answers the client's STARTTLS/STLS, drops what it
+pipelined after the command and starts the handshake; an implicit-TLS listener greets only
+after its handshake; either way the client certificate is then checked as nginx does. To the
+backend, C{backend_tls} picks plaintext, STARTTLS/STLS (L{LoginFront.secure_backend}) or TLS
+from the first byte, always verified against the backend's host.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import binascii
 import enum
 import ipaddress
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -29,12 +36,15 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
+    wrapClientTLS,
 )
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
     IPushProducer,
     IReactorTime,
     IStreamClientEndpoint,
@@ -46,8 +56,17 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import HostPort
-from relaygate.routing.router import Accept, AuthRequest, Refuse, Router
+from relaygate.routing.router import Accept, AuthRequest, ClientTLS, Refuse, Router
 from relaygate.splice import Splice, SpliceEnd
+from relaygate.tls import (
+    CERTIFICATE_REPLIES,
+    CertificateProblem,
+    ServerTLS,
+    backend_tls_creator,
+    certificate_problem,
+    client_tls_info,
+    tls_facts,
+)
 
 # A module-level logger: as a class attribute, Logger would replace the namespace with the
 # class's name, and operators filter the access log by this namespace.
@@ -56,6 +75,10 @@ _access_log = Logger(namespace="relaygate.access")
 
 class BackendError(Exception):
     """The backend broke the protocol, went away or was too slow during login."""
+
+
+class BackendTLSError(BackendError):
+    """TLS to the backend is not offered where required, or its handshake or check failed."""
 
 
 @dataclass(frozen=True)
@@ -147,13 +170,13 @@ def one_line(text: str) -> bytes:
     return cleaned.encode("utf-8", "replace")
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class BackendClient(Protocol):
     """The gateway's connection to a backend during login: read a line, read bytes, send.
 
     Each read returns a L{Deferred} that times out on the injected clock. Once the login is
     done, L{attach} hands the connection to a splice, and everything the backend sends goes
-    straight to the client.
+    straight to the client. L{start_tls} switches the connection to TLS (after STARTTLS/STLS).
     """
 
     _log = Logger()
@@ -167,6 +190,9 @@ class BackendClient(Protocol):
         self._waiting: Deferred[bytes] | None = None
         self._lost: Failure | None = None
         self._splice: Splice | None = None
+        self._handshake: Deferred[None] | None = None
+        self.tls = ""
+        """The TLS facts of this leg for the access log (C{TLSv1.3 CIPHER verified}), or C{""}."""
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -235,6 +261,44 @@ class BackendClient(Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def start_tls(self, creator: IOpenSSLClientConnectionCreator) -> Deferred[None]:
+        """Begin TLS now, right after the backend's OK to STARTTLS/STLS; fires once it is up.
+
+        Call it as soon as that OK has been read, before anything else of the read is looked
+        at: whatever the backend sent after the OK came in plaintext and is discarded (RFC 2595
+        section 3.1, DESIGN rule 5). The result fails with L{BackendTLSError} when the handshake
+        or the certificate check fails, and times out like a read.
+        """
+        assert self.transport is not None
+        if self._buffer:
+            self._log.warn(
+                "backend sent {count} bytes after its answer to STARTTLS: discarded",
+                count=len(self._buffer),
+            )
+            self._buffer.clear()
+        if self._lost is not None:
+            return defer.fail(BackendTLSError(f"backend gone: {self._lost.getErrorMessage()}"))
+
+        def cancel(d: Deferred[None]) -> None:
+            if self._handshake is d:
+                self._handshake = None
+
+        handshake: Deferred[None] = Deferred(cancel)
+        self._handshake = handshake
+        handshake.addTimeout(self._timeout, self._clock)
+        self.transport.startTLS(creator)  # type: ignore[attr-defined]
+        return handshake
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (after L{start_tls}, or on an implicit-TLS connection): note its facts."""
+        facts = tls_facts(self.transport)
+        if facts is not None:
+            verified = "verified" if facts.verified else "unverified"
+            self.tls = f"{facts.protocol} {facts.cipher} {verified}"
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            handshake.callback(None)
+
     def close(self) -> None:
         """Drop the connection (after a refused login, or when the client left)."""
         if self.transport is not None and self._lost is None:
@@ -255,11 +319,20 @@ class BackendClient(Protocol):
         if self._splice is not None:
             self._splice.backend_lost(reason)
             return
+        if reason.check(SSL.Error):
+            # How the TLS layer reports a failed handshake or certificate check.
+            reason = Failure(BackendTLSError(f"TLS with the backend failed: {reason.value}"))
         if self._lost is None:
             self._lost = reason
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.errback(reason)
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:
+            error = reason.value
+            if not isinstance(error, BackendTLSError):
+                error = BackendTLSError(f"backend closed during the TLS handshake: {error}")
+            handshake.errback(error)
 
     def readConnectionLost(self) -> None:
         """The backend half-closed: pass it on after login, otherwise it is the end."""
@@ -285,26 +358,52 @@ class _QuietFactory(ClientFactory):
         return self._make()
 
 
-def backend_endpoint(reactor: Any, backend: HostPort, timeout: float) -> IStreamClientEndpoint:
-    """A client endpoint for C{backend}: plain TCP for IP literals, resolving names otherwise."""
+def backend_endpoint(
+    reactor: Any,
+    backend: HostPort,
+    timeout: float,
+    tls: IOpenSSLClientConnectionCreator | None = None,
+) -> IStreamClientEndpoint:
+    """A client endpoint for C{backend}: plain TCP for IP literals, resolving names otherwise.
+
+    With C{tls}, the connection speaks TLS from its first byte (C{backend_tls = "implicit"}).
+    """
+    endpoint: IStreamClientEndpoint
     try:
         address = ipaddress.ip_address(backend.host)
     except ValueError:
-        return HostnameEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-    if address.version == 6:
-        return TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-    return TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+        endpoint = HostnameEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    else:
+        if address.version == 6:
+            endpoint = TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+        else:
+            endpoint = TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    return endpoint
+
+
+TLSCreatorFor = Callable[[HostPort], IOpenSSLClientConnectionCreator]
+"""Makes the verifying TLS creator for one backend (its host is the name checked)."""
 
 
 async def connect_backend(
-    reactor: Any, backends: tuple[HostPort, ...], timeout: float, make: Callable[[], BackendClient]
+    reactor: Any,
+    backends: tuple[HostPort, ...],
+    timeout: float,
+    make: Callable[[], BackendClient],
+    implicit_tls: TLSCreatorFor | None = None,
 ) -> tuple[BackendClient, HostPort]:
-    """Connect to the first of C{backends} that answers; fail with the last error."""
+    """Connect to the first of C{backends} that answers; fail with the last error.
+
+    @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
+    """
     log = Logger(namespace="relaygate.login")
     error: BaseException = BackendError("no backend to connect to")
     for backend in backends:
         try:
-            endpoint = backend_endpoint(reactor, backend, timeout)
+            creator = implicit_tls(backend) if implicit_tls is not None else None
+            endpoint = backend_endpoint(reactor, backend, timeout, creator)
             connected = await endpoint.connect(_QuietFactory(make))
         except CancelledError:
             raise
@@ -318,8 +417,10 @@ async def connect_backend(
 
 
 class FrontState(enum.Enum):
-    """Where a front is: reading commands, waiting for the router/backend, relaying, done."""
+    """Where a front is: in a TLS handshake, reading commands, waiting for the router/backend,
+    relaying, done."""
 
+    HANDSHAKE = "handshake"
     READING = "reading"
     WORKING = "working"
     SPLICED = "spliced"
@@ -343,16 +444,29 @@ class FrontSettings:
     xclient: bool
     backend_login: str
     tls_mode: str = "none"
+    server_tls: ServerTLS | None = field(default=None, compare=False)
+    """The listener's TLS (implicit, or for STARTTLS/STLS); C{None} for C{tls = "none"}."""
+    backend_tls: str = "none"
+    backend_ca: str = ""
+    backend_certificate: str = ""
+    backend_key: str = ""
+
+    def backend_tls_for(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
+        """The verifying TLS creator for C{backend}: its host is the name (or IP) checked."""
+        return backend_tls_creator(
+            backend.host, self.backend_ca, self.backend_certificate, self.backend_key
+        )
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
+@implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
 class LoginFront(Protocol):
     """The protocol-independent part of an IMAP or POP3 front, before and after login.
 
     Subclasses parse and answer commands in L{step}, call L{start_login} with the client's
-    credentials, and implement the replies and the backend dialogue. The front registers
-    itself as its transport's producer while it answers commands, so a client that pipelines
-    commands without reading the answers gets paused instead of filling memory.
+    credentials (and L{begin_tls} for STARTTLS/STLS), and implement the replies and the
+    backend dialogue. The front registers itself as its transport's producer while it answers
+    commands, so a client that pipelines commands without reading the answers gets paused
+    instead of filling memory.
     """
 
     protocol_name: ClassVar[str] = ""
@@ -373,6 +487,15 @@ class LoginFront(Protocol):
         self.buffer = bytearray()
         self.state = FrontState.READING
         self.secure = False
+        """True once a TLS handshake with the client completed (implicit or STARTTLS)."""
+        self.client_tls: ClientTLS | None = None
+        """The client leg's TLS facts for the router (``Auth-SSL-*``), after the handshake."""
+        self._certificate_problem: CertificateProblem | None = None
+        self._handshake_timer: IDelayedCall | None = None
+        self.backend_tls_mode = "none"
+        """This login's C{backend_tls}: the route's own, else the protocol section's."""
+        self._backend_address_used: HostPort | None = None
+        self._backend_tls = ""
         self.salt = b""
         self._errors = 0
         self._failures = 0
@@ -427,15 +550,22 @@ class LoginFront(Protocol):
         assert self.transport is not None
         self.transport.write(outcome.reply)
 
+    def reset_session(self) -> None:
+        """Forget the pre-auth state at STARTTLS/STLS (a pending USER, a SASL exchange)."""
+
     # Twisted hooks.
 
     @override
     def connectionMade(self) -> None:
         assert self.transport is not None
         self._started = self._clock.seconds()
-        self.secure = self.settings.tls_mode == "implicit"
         self.client = client_address(self.transport.getPeer(), self.transport.getHost())
         IConsumer(self.transport).registerProducer(self, True)
+        if self.settings.tls_mode == "implicit":
+            # The greeting waits for the handshake (handshakeCompleted): a client whose
+            # certificate is refused gets nginx's reply instead of it.
+            self._await_handshake()
+            return
         self.transport.write(self.greeting())
         self._restart_idle()
 
@@ -458,6 +588,7 @@ class LoginFront(Protocol):
             return
         previous, self.state = self.state, FrontState.CLOSED
         self._stop_idle()
+        self._stop_handshake_timer()
         if self._work is not None:
             self._work.cancel()
         if self._backend is not None:
@@ -489,10 +620,112 @@ class LoginFront(Protocol):
     def stopProducing(self) -> None:
         """The transport is going away; connectionLost does the cleanup."""
 
+    # TLS with the client.
+
+    def begin_tls(self, reply: bytes) -> bool:
+        """Answer STARTTLS/STLS with C{reply} and start the handshake; C{False} if not offered.
+
+        What the client pipelined after the command came in plaintext and must not be read as
+        if it came over TLS (RFC 2595 section 3.1, CVE-2014-3556/-3557): it is discarded, and
+        the pre-auth state is reset, before the TLS layer takes over the connection.
+        """
+        server_tls = self.settings.server_tls
+        if (
+            server_tls is None
+            or self.settings.tls_mode not in ("starttls", "starttls-required")
+            or self.secure
+        ):
+            return False
+        assert self.transport is not None
+        if self.buffer:
+            self._log.info(
+                "{protocol} client {client} pipelined {count} bytes after STARTTLS: discarded",
+                protocol=self.protocol_name,
+                client=self.client.ip,
+                count=len(self.buffer),
+            )
+            self.buffer.clear()
+        self.reset_session()
+        self.write(reply)
+        self._await_handshake()
+        self.transport.startTLS(server_tls)  # type: ignore[attr-defined]
+        return True
+
+    def _await_handshake(self) -> None:
+        """Read nothing until the handshake is done, for at most C{[tls] handshake_timeout}."""
+        assert self.settings.server_tls is not None
+        self.state = FrontState.HANDSHAKE
+        self._stop_idle()
+        self._handshake_timer = self._clock.callLater(
+            self.settings.server_tls.handshake_timeout, self._handshake_expired
+        )
+
+    def _stop_handshake_timer(self) -> None:
+        timer, self._handshake_timer = self._handshake_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _handshake_expired(self) -> None:
+        """The client did not finish its TLS handshake in time: no reply can reach it."""
+        self._handshake_timer = None
+        self._log.info(
+            "{protocol} client {client}: TLS handshake timeout",
+            protocol=self.protocol_name,
+            client=self.client.ip,
+        )
+        self._outcome = "TLS handshake timeout"
+        self.state = FrontState.CLOSED
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (implicit, or after STARTTLS): check the client certificate, then read.
+
+        As nginx's C{ngx_mail_verify_cert}: a certificate that failed verification, or none
+        where one is required, gets C{CERTIFICATE_REPLIES} and a close; on an implicit-TLS
+        listener instead of the greeting, after STARTTLS as the answer to the next command
+        (as the SMTP front does, so the close cannot reset a command the client is writing).
+        """
+        self._stop_handshake_timer()
+        if self.state is not FrontState.HANDSHAKE:
+            return
+        self.secure = True
+        self.client_tls = client_tls_info(self.transport)
+        self.state = FrontState.READING
+        problem = certificate_problem(self.transport)
+        if problem is not None:
+            self._log.info(
+                "{protocol} refusing {client}: client certificate {problem} ({verify})",
+                protocol=self.protocol_name,
+                client=self.client.ip,
+                problem=problem,
+                verify=self.client_tls.verify if self.client_tls is not None else "",
+            )
+            if self.settings.tls_mode == "implicit":
+                self._refuse_certificate(problem)
+                return
+            self._certificate_problem = problem
+        elif self.settings.tls_mode == "implicit":
+            self.write(self.greeting())
+        self._restart_idle()
+        self.process()
+
+    def _refuse_certificate(self, problem: CertificateProblem) -> None:
+        self.write(CERTIFICATE_REPLIES[self.protocol_name][problem])
+        self.close(f"client certificate: {problem}")
+
+    def has_verified_certificate(self) -> bool:
+        """Whether the client showed a certificate that verified (for SASL EXTERNAL)."""
+        return self.client_tls is not None and self.client_tls.verify == "SUCCESS"
+
     # Reading commands.
 
     def process(self) -> None:
         """Handle buffered input while the front is reading and the client reads our answers."""
+        if self._certificate_problem is not None:
+            if self.state is FrontState.READING and b"\n" in self.buffer:
+                self._refuse_certificate(self._certificate_problem)
+            return
         while (
             self.state is FrontState.READING
             and "output" not in self._paused_for
@@ -525,10 +758,19 @@ class LoginFront(Protocol):
         if self.state is FrontState.CLOSED:
             return
         self._outcome = outcome
-        self.state = FrontState.CLOSED
+        previous, self.state = self.state, FrontState.CLOSED
         self._stop_idle()
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self._stop_handshake_timer()
+        if self.transport is None:
+            return
+        if previous is not FrontState.SPLICED:
+            # A TLS transport sends its close_notify only once no producer is registered
+            # (twisted.protocols.tls), and must read the peer's: stop being its producer.
+            IConsumer(self.transport).unregisterProducer()
+            if self._reading_paused:
+                self._reading_paused = False
+                IPushProducer(self.transport).resumeProducing()
+        self.transport.loseConnection()
 
     def invalid(self, reply: bytes, fatal: bool = False) -> None:
         """Answer a bad command; too many of them (or a fatal one) close the session."""
@@ -590,6 +832,7 @@ class LoginFront(Protocol):
             password=credentials.password,
             salt=credentials.salt,
             attempt=self._attempt,
+            tls=self.client_tls,
         )
         try:
             lookup = self._router.lookup(request)
@@ -632,21 +875,30 @@ class LoginFront(Protocol):
         password = decision.password
         if password is None and credentials.method in ("plain", "login"):
             password = credentials.password
-        if password is None or not decision.backends:
+        if (
+            password is None
+            or not decision.backends
+            or (not user and credentials.method == "external")
+        ):
+            # After EXTERNAL the user comes from the router (Auth-User) when the client
+            # named none.
             self._log.error(
-                "{protocol} router accepted {user!r} without a password or backend",
+                "{protocol} router accepted {user!r} without a user, password or backend",
                 protocol=self.protocol_name,
                 user=printable(credentials.user),
             )
             self._internal_error()
             return
         self._user = user
+        mode = decision.backend_tls or self.settings.backend_tls
+        self.backend_tls_mode = mode
         try:
             backend, address = await connect_backend(
                 self._reactor,
                 decision.backends,
                 self.settings.connect_timeout,
                 lambda: BackendClient(self._clock, self.settings.timeout),
+                self.settings.backend_tls_for if mode == "implicit" else None,
             )
         except CancelledError:
             raise
@@ -658,6 +910,7 @@ class LoginFront(Protocol):
             return
         self._backend = backend
         self._backend_address = str(address)
+        self._backend_address_used = address
         try:
             outcome = await self.backend_login(backend, credentials, user, password)
         except CancelledError:
@@ -669,10 +922,12 @@ class LoginFront(Protocol):
                 backend=self._backend_address,
                 error=e,
             )
+            self._backend_tls = backend.tls
             backend.close()
             self._backend = None
             self._internal_error()
             return
+        self._backend_tls = backend.tls
         if isinstance(outcome, Refused):
             backend.close()
             self._backend = None
@@ -689,6 +944,34 @@ class LoginFront(Protocol):
             return
         self.reply_logged_in(credentials, outcome)
         self._start_splice(backend)
+
+    async def secure_backend(
+        self, backend: BackendClient, offered: bool, ask: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """STARTTLS/STLS to the backend as C{backend_tls} says; C{True} once TLS is up.
+
+        @param offered: whether the backend advertised STARTTLS/STLS.
+        @param ask: sends the command and says whether the backend answered OK; nothing else
+            may be read between that answer and L{BackendClient.start_tls}.
+        @raise BackendTLSError: C{required} and not offered or refused; or, in either mode,
+            the handshake or the certificate check failed (a retry in plaintext is what an
+            attacker who breaks handshakes would want). Nothing with credentials has been
+            sent by then.
+        """
+        mode = self.backend_tls_mode
+        if mode not in ("opportunistic", "required"):
+            return False
+        if not offered:
+            if mode == "required":
+                raise BackendTLSError(f"{self._backend_address} does not offer STARTTLS")
+            return False
+        if not await ask():
+            if mode == "required":
+                raise BackendTLSError(f"{self._backend_address} refused STARTTLS")
+            return False
+        assert self._backend_address_used is not None
+        await backend.start_tls(self.settings.backend_tls_for(self._backend_address_used))
+        return True
 
     def _login_failed(self) -> None:
         self._failures += 1
@@ -745,15 +1028,24 @@ class LoginFront(Protocol):
             client=self.client.ip,
             client_port=self.client.port,
             listener=f"{self.client.local_ip}:{self.client.local_port}",
-            tls=self.settings.tls_mode if self.secure else "",
+            tls=self._tls_summary(),
             user=printable(self._user),
             backend=self._backend_address,
+            backend_tls=self._backend_tls,
             attempts=self._attempt,
             outcome=self._outcome,
             bytes_from_client=from_client,
             bytes_from_backend=from_backend,
             duration=self._clock.seconds() - self._started,
         )
+
+    def _tls_summary(self) -> str:
+        """The client leg's TLS for the access log, as the SMTP front writes it."""
+        info = self.client_tls
+        if info is None:
+            return ""
+        verify = f" verify={info.verify}" if info.verify else ""
+        return f"{info.protocol} {info.cipher}{verify}"
 
 
 def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:

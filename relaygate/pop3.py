@@ -5,6 +5,10 @@ with initial responses), STLS, NOOP and QUIT itself, with nginx's replies
 (C{src/mail/ngx_mail_pop3_handler.c}). At the backend it sends Dovecot's C{XCLIENT} when the
 greeting offers it, then logs in with C{USER}/C{PASS}, or C{AUTH PLAIN} when configured or when
 the credentials cannot travel in a POP3 argument. The backend's C{+OK} is the client's answer.
+
+STLS (RFC 2595 section 4) is offered on C{starttls} and C{starttls-required} listeners; the
+latter refuses USER, APOP and AUTH until TLS is up, as nginx does. To the backend,
+C{backend_tls} sends C{STLS} before anything that identifies the client.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing_extensions import override
 
 from relaygate.config import Config, ListenConfig
 from relaygate.imap_syntax import Invalid, parse_line
+from relaygate.listeners import server_tls_for
 from relaygate.login import (
     BackendClient,
     BackendError,
@@ -52,8 +57,14 @@ class POP3Front(LoginFront):
     def _tls_required(self) -> bool:
         return self.settings.tls_mode == "starttls-required" and not self.secure
 
+    def _offered(self, method: str) -> bool:
+        """Whether SASL C{method} is on offer now: EXTERNAL needs a verified certificate."""
+        if method not in self.settings.auth:
+            return False
+        return method != "external" or self.has_verified_certificate()
+
     def _sasl_names(self) -> list[bytes]:
-        return [name for name, method in _SASL.items() if method in self.settings.auth]
+        return [name for name, method in _SASL.items() if self._offered(method)]
 
     @override
     def greeting(self) -> bytes:
@@ -144,12 +155,15 @@ class POP3Front(LoginFront):
         self.close("logout")
 
     def do_STLS(self, rest: bytes) -> None:
-        if not self.start_tls():
+        """RFC 2595 section 4; C{-ERR} where the listener offers no STLS or TLS is already up."""
+        if rest or not self.begin_tls(b"+OK\r\n"):
             self._bad()
 
-    def start_tls(self) -> bool:
-        """Begin TLS after C{+OK}; C{False} while the listener offers no STLS."""
-        return False
+    @override
+    def reset_session(self) -> None:
+        self._pending_user = None
+        self._sasl = None
+        self._sasl_user = b""
 
     def do_USER(self, rest: bytes) -> None:
         args = rest.split()
@@ -187,6 +201,9 @@ class POP3Front(LoginFront):
         mechanism = _SASL.get(args[0].upper())
         if mechanism is None or mechanism not in self.settings.auth or len(args) > 2:
             return self._bad()
+        if not self._offered(mechanism):
+            self.invalid(b"-ERR EXTERNAL needs a verified client certificate\r\n")
+            return
         initial = args[1] if len(args) == 2 else None
         if initial == b"=":
             initial = b""
@@ -238,6 +255,17 @@ class POP3Front(LoginFront):
         greeting = await backend.read_line()
         if not greeting.startswith(b"+OK"):
             raise BackendError(f"unexpected greeting {greeting[:200]!r}")
+
+        async def stls() -> bool:
+            backend.send(b"STLS\r\n")
+            return (await backend.read_line()).startswith(b"+OK")
+
+        # C{required} sends STLS straight away (its -ERR means "not offered"); C{opportunistic}
+        # first asks CAPA whether STLS is offered.
+        offered = True
+        if self.backend_tls_mode == "opportunistic":
+            offered = await _offers_stls(backend)
+        await self.secure_backend(backend, offered, stls)
         if self.settings.xclient and b"[XCLIENT]" in greeting and self.client.ip:
             backend.send(
                 b"XCLIENT ADDR=%s PORT=%d\r\n" % (self.client.ip.encode(), self.client.port)
@@ -264,6 +292,19 @@ class POP3Front(LoginFront):
 _IN_USER = {b"PASS", b"CAPA", b"QUIT", b"NOOP"}
 
 
+async def _offers_stls(backend: BackendClient) -> bool:
+    """Ask the backend's CAPA (RFC 2449) whether it offers STLS."""
+    backend.send(b"CAPA\r\n")
+    if not (await backend.read_line()).startswith(b"+OK"):
+        return False
+    offered = False
+    while True:
+        line = await backend.read_line()
+        if line == b".":
+            return offered
+        offered = offered or line.strip().upper() == b"STLS"
+
+
 def _fits_user_pass(user: bytes, password: bytes) -> bool:
     """Whether USER/PASS can carry these credentials (one word, no line breaks)."""
     bad = (b"\r", b"\n", b"\0")
@@ -279,7 +320,7 @@ def _error_text(answer: bytes) -> bytes:
     return answer[4:].lstrip(b" ") or b"Authentication failed"
 
 
-def _pop3_settings(config: Config, tls_mode: str) -> FrontSettings:
+def _pop3_settings(config: Config, listen: ListenConfig) -> FrontSettings:
     pop3 = config.pop3
     return FrontSettings(
         server_name=config.server.name,
@@ -294,7 +335,12 @@ def _pop3_settings(config: Config, tls_mode: str) -> FrontSettings:
         pass_error_message=pop3.pass_error_message,
         xclient=pop3.xclient,
         backend_login=pop3.backend_login,
-        tls_mode=tls_mode,
+        tls_mode=listen.tls,
+        server_tls=server_tls_for(listen, config),
+        backend_tls=pop3.backend_tls,
+        backend_ca=pop3.backend_ca,
+        backend_certificate=pop3.backend_certificate,
+        backend_key=pop3.backend_key,
     )
 
 
@@ -311,7 +357,7 @@ class POP3FrontFactory(Factory):
         reactor: Any,
         random: Callable[[], int] | None = None,
     ) -> None:
-        self.settings = _pop3_settings(config, listen.tls)
+        self.settings = _pop3_settings(config, listen)
         self.router = router
         self.reactor = reactor
         self.random = random

@@ -8,7 +8,8 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
@@ -17,6 +18,7 @@ from zope.interface import implementer
 
 from relaygate.config import Config, ListenConfig, parse
 from relaygate.routing.router import AuthRequest, Decision
+from tests.certs import PKI, make_pki
 
 
 def make_config(**sections: dict[str, Any]) -> Config:
@@ -31,6 +33,20 @@ def make_config(**sections: dict[str, Any]) -> Config:
     }
     data.update(sections)
     return parse(data, "test.toml")
+
+
+def tls_section(pki: PKI, **settings: Any) -> dict[str, Any]:
+    """A C{[tls]} section serving C{pki.server}; C{settings} add to it (C{verify_client}...)."""
+    section: dict[str, Any] = {"certificate": pki.server.certificate, "key": pki.server.key}
+    if settings.get("verify_client", "off") != "off":
+        section["client_ca"] = pki.ca.certificate
+    section.update(settings)
+    return section
+
+
+def server_tls_config(directory: str) -> dict[str, Any]:
+    """A C{[tls]} section with certificates made in C{directory}, for fronts on TLS listeners."""
+    return tls_section(make_pki(directory))
 
 
 def listener(tls: str = "none") -> ListenConfig:
@@ -131,12 +147,20 @@ class Gateway:
         return waiter
 
 
-async def start_gateway(case: TestCase, factory: Factory) -> Gateway:
-    """Listen with C{factory} on 127.0.0.1:0; cleanups wait for its sessions, then stop it."""
+async def start_gateway(
+    case: TestCase, factory: Factory, tls: IOpenSSLServerConnectionCreator | None = None
+) -> Gateway:
+    """Listen with C{factory} on 127.0.0.1:0; cleanups wait for its sessions, then stop it.
+
+    @param tls: for an implicit-TLS listener: wrap the endpoint in TLS, as the service does.
+    """
     from twisted.internet import reactor
 
     gateway = Gateway(factory)
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    endpoint: IStreamServerEndpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    if tls is not None:
+        endpoint = wrapServerTLS(tls, endpoint, clock=reactor)
+    port = await endpoint.listen(factory)
     gateway.port = port.getHost().port  # type: ignore[attr-defined]
     globalLogPublisher.addObserver(gateway)
     case.addCleanup(globalLogPublisher.removeObserver, gateway)

@@ -32,6 +32,7 @@ from tests.fronts import (
     connect_front,
     listener,
     make_config,
+    server_tls_config,
     start_gateway,
     take,
 )
@@ -165,7 +166,10 @@ class IMAPFrontTestCase(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, self.events)
 
     def front(self, tls: str = "none", **imap: Any) -> tuple[IMAPFront, StringTransport]:
-        config = make_config(imap=imap, auth={"http": "http://127.0.0.1:1/auth"})
+        sections: dict[str, Any] = {"imap": imap, "auth": {"http": "http://127.0.0.1:1/auth"}}
+        if tls != "none":
+            sections["tls"] = server_tls_config(self.mktemp())
+        config = make_config(**sections)
         factory = IMAPFrontFactory(config, listener(tls), self.router, self.reactor, lambda: 42)
         front = factory.buildProtocol(None)
         transport = connect_front(front)

@@ -29,6 +29,7 @@ from tests.fronts import (
     connect_front,
     listener,
     make_config,
+    server_tls_config,
     start_gateway,
     take,
 )
@@ -44,7 +45,10 @@ class POP3TestCase(SynchronousTestCase):
         self.router = ScriptedRouter()
 
     def front(self, tls: str = "none", **pop3: Any) -> tuple[POP3Front, StringTransport]:
-        config = make_config(pop3=pop3, auth={"http": "http://127.0.0.1:1/auth"})
+        sections: dict[str, Any] = {"pop3": pop3, "auth": {"http": "http://127.0.0.1:1/auth"}}
+        if tls != "none":
+            sections["tls"] = server_tls_config(self.mktemp())
+        config = make_config(**sections)
         factory = POP3FrontFactory(config, listener(tls), self.router, self.reactor, lambda: 42)
         front = factory.buildProtocol(None)
         return front, connect_front(front)
