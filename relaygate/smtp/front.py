@@ -242,6 +242,7 @@ class SMTPFront(smtp.ESMTP):
         self._router = router
         self._reactor = reactor
         self._buffer = b""
+        self._command_line = b""
         self._discarding = False
         self._in_loop = False
         self._pending: Deferred[None] | None = None
@@ -254,7 +255,6 @@ class SMTPFront(smtp.ESMTP):
         self._backend: BackendClient | None = None
         self._backend_route: tuple[HostPort, ...] | None = None
         self._backend_tls_mode = ""
-        self._command_line = b""
         self._secure = False
         self._tls_starting = False
         self._handshake_timer: IDelayedCall | None = None
@@ -513,6 +513,8 @@ class SMTPFront(smtp.ESMTP):
             self._log.debug("unknown command {verb!r}", verb=parts[0])
             self._protocol_error(R_UNKNOWN)
             return
+        # nginx sends the client's MAIL and RCPT lines to the auth service exactly as typed.
+        self._command_line = line
         method(parts[1].strip() if len(parts) == 2 else b"")
 
     def pause_reading(self, reason: str) -> None:
@@ -532,10 +534,8 @@ class SMTPFront(smtp.ESMTP):
 
     # -- replies ------------------------------------------------------------------------
 
-        # nginx sends the client's MAIL and RCPT lines to the auth service exactly as typed.
-        self._command_line = line
     def send_reply(self, reply: Reply) -> None:
-        """Send C{reply} to the client (multi-line replies keep their lines)."""
+        """Send C{reply} to the client in one write (multi-line replies keep their lines)."""
         if self._connected:
             assert self.transport is not None
             self.transport.write(reply.to_wire())
@@ -638,6 +638,7 @@ class SMTPFront(smtp.ESMTP):
                 count=len(self._buffer),
             )
         self._buffer = b""
+        self._command_line = b""
         self._discarding = False
         self._end_transaction("reset", "STARTTLS")
         self._drop_backend()
@@ -664,7 +665,6 @@ class SMTPFront(smtp.ESMTP):
     def do_QUIT(self, rest: bytes) -> None:
         self.session.end = "quit"
         self.send_reply(Reply(221, (b"2.0.0 " + self.host + b" Bye",)))
-        self._command_line = b""
         self._close()
 
     def do_RSET(self, rest: bytes) -> None:
