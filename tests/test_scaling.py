@@ -175,7 +175,7 @@ class ScaleOutTests(TestCase):
 
         relayed = []
         for session in backend.sessions:
-            helo = [c for c in session.commands if c.startswith(b"EHLO ")][0]
+            helo = next(c for c in session.commands if c.startswith(b"EHLO "))
             xclient = [c for c in session.commands if c.startswith(b"XCLIENT ")]
             relayed.append((helo, [c.split(b" PORT=")[0] for c in xclient]))
         self.assertEqual(
