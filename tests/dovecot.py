@@ -12,8 +12,9 @@ tests can wait for a log line (L{Dovecot.wait_for_log}) instead of sleeping. The
 not owned by the reactor: trial's reactor checks between tests would see its pipes otherwise.
 
 Ports: Dovecot cannot pick its own port and report it, so L{free_port} binds 127.0.0.1:0 and
-releases it; another process could take the port in between, and L{Dovecot.start} then fails
-with Dovecot's own "bind" error rather than hanging.
+releases it; another process could take the port in between. Dovecot then fails with its own
+"Address already in use" error rather than hanging, and L{Dovecot.start} tries again with new
+ports (a few times).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def free_port() -> int:
         return port
 
 
+_START_ATTEMPTS = 3
+
+
 class DovecotError(Exception):
     """Dovecot did not start, or a log line did not come."""
 
@@ -141,18 +145,29 @@ class Dovecot:
             raise DovecotError(
                 "dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)"
             )
-        directory = tempfile.mkdtemp(prefix="relaygate-dovecot-")
-        # Dovecot's auth process runs as "dovecot" and must reach the passwd file.
-        os.chmod(directory, 0o711)
-        dovecot = cls(directory, users, ssl, certificate, key)
-        dovecot._write_files()
-        dovecot._spawn()
-        try:
-            dovecot.wait_for_log("starting up", timeout)
-        except BaseException:
-            dovecot.stop()
-            raise
-        return dovecot
+        for attempt in range(_START_ATTEMPTS):
+            directory = tempfile.mkdtemp(prefix="relaygate-dovecot-")
+            # Dovecot's auth process runs as "dovecot" and must reach the passwd file.
+            os.chmod(directory, 0o711)
+            dovecot = cls(directory, users, ssl, certificate, key)
+            dovecot._write_files()
+            dovecot._spawn()
+            try:
+                dovecot.wait_for_log("starting up", timeout)
+            except DovecotError:
+                dovecot.stop()
+                # Another process took one of the ports free_port found (see the module
+                # docstring): try again with new ones.
+                if attempt + 1 < _START_ATTEMPTS and any(
+                    "Address already in use" in line for line in dovecot.log
+                ):
+                    continue
+                raise
+            except BaseException:
+                dovecot.stop()
+                raise
+            return dovecot
+        raise AssertionError("unreachable")
 
     def _write_files(self) -> None:
         with open(os.path.join(self.directory, "dovecot.conf"), "w") as f:
