@@ -15,6 +15,7 @@ import tempfile
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -37,6 +38,7 @@ from relaygate.login import LoginFront
 from relaygate.pop3 import POP3FrontFactory
 from relaygate.routing.router import Accept, AuthRequest, Router
 from relaygate.routing.table import TableRouter
+from relaygate.service import build_service
 from relaygate.tls import ServerTLS, trust_root
 from tests.certs import PKI, Issued, issue, make_pki
 from tests.dovecot import Dovecot, dovecot_for
@@ -678,6 +680,21 @@ class ConfigTests(SynchronousTestCase):
             ]
         )
         self.assertEqual([item.tls for item in config.listen], ["starttls", "starttls-required"])
+
+    def test_service_builds_tls_fronts(self) -> None:
+        """The service gives IMAP and POP3 fronts their listener's TLS mode and certificates."""
+        config = self.parse(
+            listen=[
+                {"protocol": "imap", "address": "127.0.0.1:1143", "tls": "starttls"},
+                {"protocol": "pop3", "address": "127.0.0.1:1995", "tls": "implicit"},
+            ]
+        )
+        services = list(build_service(config, MemoryReactorClock()))
+        imap, pop3 = (s for s in services if isinstance(s, StreamServerEndpointService))
+        self.assertIsInstance(imap.factory, IMAPFrontFactory)
+        self.assertIs(imap.factory.settings.server_tls, server_tls_for(config.listen[0], config))
+        self.assertEqual(imap.factory.settings.tls_mode, "starttls")
+        self.assertEqual(pop3.factory.settings.tls_mode, "implicit")
 
     def test_backend_tls_keys(self) -> None:
         """backend_tls, backend_ca, backend_certificate and backend_key are read."""
