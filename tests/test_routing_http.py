@@ -758,7 +758,7 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual((event["header"], event["value"]), ("Auth-Server", b"not a host"))
 
     def test_missing_status_with_server_routes(self) -> None:
-        """Auth-Server and Auth-Port without Auth-Status route, as nginx does (the seed's setup)."""
+        """Auth-Server and Auth-Port without Auth-Status route, as in nginx (the seed setup)."""
         self.assertEqual(
             self.decide({"Auth-Server": "127.0.0.1", "Auth-Port": "25"}),
             Accept(backends=(HostPort("127.0.0.1", 25),), user=None, password=None),
