@@ -33,7 +33,6 @@ from relaygate.imap_syntax import (
     quote,
     response_code,
 )
-from relaygate.listeners import server_tls_for
 from relaygate.login import (
     BackendClient,
     BackendError,
@@ -451,30 +450,6 @@ def _id_list(client: Any) -> bytes:
     )
 
 
-def _imap_settings(config: Config, listen: ListenConfig) -> FrontSettings:
-    imap = config.imap
-    return FrontSettings(
-        server_name=config.server.name,
-        auth=imap.auth,
-        timeout=imap.timeout,
-        proxy_timeout=imap.proxy_timeout,
-        auth_timeout=config.auth.timeout,
-        connect_timeout=config.server.connect_timeout,
-        max_line_length=imap.max_line_length,
-        max_errors=imap.max_errors,
-        max_login_failures=imap.max_login_failures,
-        pass_error_message=imap.pass_error_message,
-        xclient=imap.xclient,
-        backend_login=imap.backend_login,
-        tls_mode=listen.tls,
-        server_tls=server_tls_for(listen, config),
-        backend_tls=imap.backend_tls,
-        backend_ca=imap.backend_ca,
-        backend_certificate=imap.backend_certificate,
-        backend_key=imap.backend_key,
-    )
-
-
 class IMAPFrontFactory(Factory):
     """Builds L{IMAPFront}s for one listener from the C{[imap]} section."""
 
@@ -488,7 +463,7 @@ class IMAPFrontFactory(Factory):
         reactor: Any,
         random: Callable[[], int] | None = None,
     ) -> None:
-        self.settings = _imap_settings(config, listen)
+        self.settings = FrontSettings.from_section(config, listen, config.imap)
         self.router = router
         self.reactor = reactor
         self.random = random

@@ -55,7 +55,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import HostPort
+from relaygate.config import Config, HostPort, IMAPConfig, ListenConfig, POP3Config
+from relaygate.listeners import server_tls_for
 from relaygate.routing.router import Accept, AuthRequest, ClientTLS, Refuse, Router
 from relaygate.splice import Splice, SpliceEnd
 from relaygate.tls import (
@@ -450,6 +451,32 @@ class FrontSettings:
     backend_ca: str = ""
     backend_certificate: str = ""
     backend_key: str = ""
+
+    @classmethod
+    def from_section(
+        cls, config: Config, listen: ListenConfig, section: IMAPConfig | POP3Config
+    ) -> FrontSettings:
+        """The settings for C{listen} from its protocol's section (C{[imap]} or C{[pop3]})."""
+        return cls(
+            server_name=config.server.name,
+            auth=section.auth,
+            timeout=section.timeout,
+            proxy_timeout=section.proxy_timeout,
+            auth_timeout=config.auth.timeout,
+            connect_timeout=config.server.connect_timeout,
+            max_line_length=section.max_line_length,
+            max_errors=section.max_errors,
+            max_login_failures=section.max_login_failures,
+            pass_error_message=section.pass_error_message,
+            xclient=section.xclient,
+            backend_login=section.backend_login,
+            tls_mode=listen.tls,
+            server_tls=server_tls_for(listen, config),
+            backend_tls=section.backend_tls,
+            backend_ca=section.backend_ca,
+            backend_certificate=section.backend_certificate,
+            backend_key=section.backend_key,
+        )
 
     def backend_tls_for(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
         """The verifying TLS creator for C{backend}: its host is the name (or IP) checked."""

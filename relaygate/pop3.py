@@ -22,7 +22,6 @@ from typing_extensions import override
 
 from relaygate.config import Config, ListenConfig
 from relaygate.imap_syntax import Invalid, parse_line
-from relaygate.listeners import server_tls_for
 from relaygate.login import (
     BackendClient,
     BackendError,
@@ -320,30 +319,6 @@ def _error_text(answer: bytes) -> bytes:
     return answer[4:].lstrip(b" ") or b"Authentication failed"
 
 
-def _pop3_settings(config: Config, listen: ListenConfig) -> FrontSettings:
-    pop3 = config.pop3
-    return FrontSettings(
-        server_name=config.server.name,
-        auth=pop3.auth,
-        timeout=pop3.timeout,
-        proxy_timeout=pop3.proxy_timeout,
-        auth_timeout=config.auth.timeout,
-        connect_timeout=config.server.connect_timeout,
-        max_line_length=pop3.max_line_length,
-        max_errors=pop3.max_errors,
-        max_login_failures=pop3.max_login_failures,
-        pass_error_message=pop3.pass_error_message,
-        xclient=pop3.xclient,
-        backend_login=pop3.backend_login,
-        tls_mode=listen.tls,
-        server_tls=server_tls_for(listen, config),
-        backend_tls=pop3.backend_tls,
-        backend_ca=pop3.backend_ca,
-        backend_certificate=pop3.backend_certificate,
-        backend_key=pop3.backend_key,
-    )
-
-
 class POP3FrontFactory(Factory):
     """Builds L{POP3Front}s for one listener from the C{[pop3]} section."""
 
@@ -357,7 +332,7 @@ class POP3FrontFactory(Factory):
         reactor: Any,
         random: Callable[[], int] | None = None,
     ) -> None:
-        self.settings = _pop3_settings(config, listen)
+        self.settings = FrontSettings.from_section(config, listen, config.pop3)
         self.router = router
         self.reactor = reactor
         self.random = random
