@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.proxy_protocol import parse_header
-from relaygate.routing.router import Accept, Decision, Refuse, RouterUnavailable
+from relaygate.routing.router import Accept, ClientTLS, Decision, Refuse, RouterUnavailable
 from relaygate.smtp.sasl import SASLExchange, parse_auth_command
 from tests.smtp_harness import BACKEND, BackendEnd, FrontHarness, make_config
 
@@ -73,6 +73,25 @@ class AdvertisingTests(SynchronousTestCase):
             h.replies(),
             b"250-gw.test\r\n250 AUTH PLAIN\r\n535 5.7.8 No verified client certificate\r\n",
         )
+
+    def test_external_needs_a_user(self) -> None:
+        """EXTERNAL with no identity works when the service names the user, else 454."""
+        config = submission_config(auth=["external"], extensions=[])
+        config["tls"] = {"verify_client": "optional"}
+        h = FrontHarness(_with_client_ca(self, config))
+        h.front._client_tls = ClientTLS("TLSv1.3", "TLS_AES_128_GCM_SHA256", "SUCCESS")
+        h.replies()
+        h.send(b"EHLO client.test\r\n")
+        self.assertEqual(h.replies(), b"250-gw.test\r\n250 AUTH EXTERNAL\r\n")
+        h.send(b"AUTH EXTERNAL =\r\n")
+        self.assertEqual(h.replies(), b"454 4.7.0 Temporary authentication failure\r\n")
+        h.router.answer = Accept((BACKEND,), user=b"juergen")
+        h.send(b"AUTH EXTERNAL\r\n")
+        self.assertEqual(h.replies(), b"334 \r\n")
+        h.send(b"=\r\n")
+        self.assertEqual(h.replies(), b"235 2.7.0 Authentication successful\r\n")
+        self.assertEqual([r.method for r in h.router.requests], ["external", "external"])
+        self.assertEqual(h.front.session.user, "juergen")
 
 
 def _with_client_ca(case: SynchronousTestCase, config: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import os
 import shutil
 import smtplib
 import socket
+import ssl
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from typing_extensions import override
 
 from tests.authservice import AuthService, start_auth_service
+from tests.certs import make_pki
 from tests.peers import (
     RawClient,
     ScriptedBackend,
@@ -57,7 +59,13 @@ def accounts(backend: ScriptedBackend, **extra: str) -> Any:
     return respond
 
 
-def relay_toml(auth_url: str, smtp: str = "", listen: str = "", extra: str = "") -> str:
+def relay_toml(
+    auth_url: str,
+    smtp: str = "",
+    listen: str = "",
+    extra: str = "",
+    auth: str = '["plain", "login", "cram-md5"]',
+) -> str:
     return f"""
 [server]
 name = "gw.test"
@@ -71,7 +79,7 @@ address = "127.0.0.1:2525"
 http = "{auth_url}"
 
 [smtp]
-auth = ["plain", "login", "cram-md5"]
+auth = {auth}
 {smtp}
 
 {extra}
@@ -564,3 +572,100 @@ class PolicyTests(TestCase):
             b"421 4.7.0 gw.test Error: too many failed logins from your address, "
             b"try again later\r\n",
         )
+
+
+# -- TLS: EXTERNAL, starttls-required, and the wrappers under TLS -------------------------------
+
+
+class TLSSubmissionTests(TestCase):
+    """AUTH over TLS, with the limits wrapper between the TLS layer and the front."""
+
+    def setUp(self) -> None:
+        self.pki = make_pki(os.path.abspath(self.mktemp()))
+
+    def tls_toml(self, verify: str = "optional") -> str:
+        return (
+            f'[tls]\ncertificate = "{self.pki.server.certificate}"\n'
+            f'key = "{self.pki.server.key}"\nclient_ca = "{self.pki.ca.certificate}"\n'
+            f'verify_client = "{verify}"\n\n[limits]\nconnections_per_address = 5\n'
+        )
+
+    def context(self, certificate: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.pki.ca.certificate)
+        if certificate:
+            context.load_cert_chain(self.pki.client.certificate, self.pki.client.key)
+        return context
+
+    async def test_external_with_a_client_certificate(self) -> None:
+        """EXTERNAL is offered to a verified certificate; the auth service names the user."""
+        backend = await start_backend(self, extensions=(b"PIPELINING", XCLIENT))
+        service = await start_auth_service(
+            self,
+            lambda headers: {
+                "Auth-Status": "OK",
+                "Auth-Server": "127.0.0.1",
+                "Auth-Port": str(backend.port),
+                "Auth-User": "juergen@example.org",
+            },
+        )
+        relay = await start_relay(
+            self,
+            relay_toml(
+                service.url,
+                listen='tls = "implicit"',
+                extra=self.tls_toml(),
+                auth='["plain", "external"]',
+            ),
+        )
+        context = self.context(certificate=True)
+
+        def work() -> tuple[bytes, tuple[int, bytes]]:
+            client = smtplib.SMTP_SSL(
+                "localhost", relay.port, local_hostname="client.test", context=context
+            )
+            try:
+                client.ehlo()
+                reply = client.docmd("AUTH", "EXTERNAL =")
+                client.sendmail(USER, ["bob@example.net"], b"Subject: hi\r\n\r\nhello\r\n")
+                return client.esmtp_features["auth"].strip().encode(), reply
+            finally:
+                client.close()
+
+        mechanisms, reply = await deferToThread(work)
+        self.assertEqual(mechanisms, b"PLAIN EXTERNAL")
+        self.assertEqual(reply, (235, b"2.7.0 Authentication successful"))
+        [request] = service.requests
+        self.assertEqual(request["auth-method"], "external")
+        self.assertEqual(request["auth-ssl-verify"], "SUCCESS")
+        [xclient] = [c for c in backend.commands if c.startswith(b"XCLIENT")]
+        self.assertIn(b" LOGIN=juergen@example.org", xclient)
+        self.assertEqual(len(backend.messages), 1)
+
+    async def test_starttls_required_offers_auth_after_tls(self) -> None:
+        """On a starttls-required listener AUTH appears, and works, only after STARTTLS."""
+        port, service, backend = await submission_setup(
+            self, listen='tls = "starttls-required"', extra=self.tls_toml("off")
+        )
+        context = self.context(certificate=False)
+
+        def work() -> tuple[bool, tuple[int, bytes], str]:
+            client = smtplib_client(port)
+            try:
+                client.ehlo("client.test")
+                before = client.has_extn("auth")
+                refused = client.docmd("AUTH", "PLAIN " + _b64(b"\0x\0y"))
+                client.starttls(context=context)
+                client.ehlo("client.test")
+                after = client.esmtp_features.get("auth", "").strip()
+                client.login(USER, PASSWORD)
+                client.sendmail(USER, ["bob@example.net"], b"Subject: hi\r\n\r\nhello\r\n")
+                return before, refused, after
+            finally:
+                client.close()
+
+        before, refused, after = await deferToThread(work)
+        self.assertFalse(before)
+        self.assertEqual(refused, (530, b"5.7.0 Must issue a STARTTLS command first"))
+        self.assertEqual(after, "PLAIN LOGIN CRAM-MD5")
+        self.assertEqual(len(service.requests), 1)
+        self.assertEqual(len(backend.messages), 1)

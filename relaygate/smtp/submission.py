@@ -282,9 +282,19 @@ class Submission:
         if isinstance(decision, Refuse):
             return await self._refused(credentials, decision)
         assert isinstance(decision, Accept)
-        self.login = Login(credentials, decision)
+        login = Login(credentials, decision)
+        if not login.backend_user:
+            # EXTERNAL without an authorization identity: only the service can name the user.
+            self._log.error(
+                "auth service accepted {method} for {client} without naming a user (Auth-User)",
+                method=credentials.method,
+                client=front.session.client,
+            )
+            return R_AUTH_TEMPORARY
+        self.login = login
         front.session.user = printable(self.login.backend_user)
-        self._log.info(
+        # debug: the session's access event carries the user; a busy front logs no more.
+        self._log.debug(
             "{client} authenticated as {user!r} ({method})",
             client=front.session.client,
             user=printable(credentials.user),
