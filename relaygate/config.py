@@ -226,6 +226,7 @@ class IMAPConfig:
     backend_ca: str = ""
     backend_certificate: str = ""
     backend_key: str = ""
+    backend_proxy_protocol: str = "none"
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class POP3Config:
     backend_ca: str = ""
     backend_certificate: str = ""
     backend_key: str = ""
+    backend_proxy_protocol: str = "none"
 
 
 @dataclass(frozen=True)
@@ -649,6 +651,7 @@ def _read_imap(t: _Table, base: str) -> IMAPConfig:
         backend_ca=t.path("backend_ca", base),
         backend_certificate=t.path("backend_certificate", base),
         backend_key=t.path("backend_key", base),
+        backend_proxy_protocol=t.choice("backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"),
     )
     _check_ca_bundle(t, "backend_ca", imap.backend_ca)
     _check_client_certificate(t, imap.backend_certificate, imap.backend_key)
@@ -673,6 +676,7 @@ def _read_pop3(t: _Table, base: str) -> POP3Config:
         backend_ca=t.path("backend_ca", base),
         backend_certificate=t.path("backend_certificate", base),
         backend_key=t.path("backend_key", base),
+        backend_proxy_protocol=t.choice("backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"),
     )
     _check_ca_bundle(t, "backend_ca", pop3.backend_ca)
     _check_client_certificate(t, pop3.backend_certificate, pop3.backend_key)

@@ -57,6 +57,8 @@ from zope.interface import implementer
 
 from relaygate.config import Config, HostPort, IMAPConfig, ListenConfig, POP3Config
 from relaygate.listeners import server_tls_for
+from relaygate.policy import limits_for
+from relaygate.proxy_protocol import PreambleEndpoint, encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ClientTLS, Refuse, Router
 from relaygate.splice import Splice, SpliceEnd
 from relaygate.tls import (
@@ -364,10 +366,12 @@ def backend_endpoint(
     backend: HostPort,
     timeout: float,
     tls: IOpenSSLClientConnectionCreator | None = None,
+    preamble: bytes = b"",
 ) -> IStreamClientEndpoint:
     """A client endpoint for C{backend}: plain TCP for IP literals, resolving names otherwise.
 
     With C{tls}, the connection speaks TLS from its first byte (C{backend_tls = "implicit"}).
+    C{preamble} (a PROXY header) is sent first, below TLS.
     """
     endpoint: IStreamClientEndpoint
     try:
@@ -379,6 +383,8 @@ def backend_endpoint(
             endpoint = TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
         else:
             endpoint = TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
+    if preamble:
+        endpoint = PreambleEndpoint(endpoint, preamble)
     if tls is not None:
         endpoint = wrapClientTLS(tls, endpoint)
     return endpoint
@@ -394,17 +400,19 @@ async def connect_backend(
     timeout: float,
     make: Callable[[], BackendClient],
     implicit_tls: TLSCreatorFor | None = None,
+    preamble: bytes = b"",
 ) -> tuple[BackendClient, HostPort]:
     """Connect to the first of C{backends} that answers; fail with the last error.
 
     @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
+    @param preamble: bytes sent first on each connection (a PROXY header).
     """
     log = Logger(namespace="relaygate.login")
     error: BaseException = BackendError("no backend to connect to")
     for backend in backends:
         try:
             creator = implicit_tls(backend) if implicit_tls is not None else None
-            endpoint = backend_endpoint(reactor, backend, timeout, creator)
+            endpoint = backend_endpoint(reactor, backend, timeout, creator, preamble)
             connected = await endpoint.connect(_QuietFactory(make))
         except CancelledError:
             raise
@@ -451,6 +459,7 @@ class FrontSettings:
     backend_ca: str = ""
     backend_certificate: str = ""
     backend_key: str = ""
+    backend_proxy_protocol: str = "none"
 
     @classmethod
     def from_section(
@@ -476,6 +485,7 @@ class FrontSettings:
             backend_ca=section.backend_ca,
             backend_certificate=section.backend_certificate,
             backend_key=section.backend_key,
+            backend_proxy_protocol=section.backend_proxy_protocol,
         )
 
     def backend_tls_for(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
@@ -860,6 +870,7 @@ class LoginFront(Protocol):
             salt=credentials.salt,
             attempt=self._attempt,
             tls=self.client_tls,
+            proxy=proxy_addresses(self.transport),
         )
         try:
             lookup = self._router.lookup(request)
@@ -883,6 +894,7 @@ class LoginFront(Protocol):
         await self._accepted(credentials, decision)
 
     async def _refused(self, credentials: Credentials, decision: Refuse) -> None:
+        self._count_auth_failure()
         self._log.info(
             "{protocol} login refused by the router for {user!r}: {message!r}",
             protocol=self.protocol_name,
@@ -926,6 +938,7 @@ class LoginFront(Protocol):
                 self.settings.connect_timeout,
                 lambda: BackendClient(self._clock, self.settings.timeout),
                 self.settings.backend_tls_for if mode == "implicit" else None,
+                self._proxy_preamble(decision),
             )
         except CancelledError:
             raise
@@ -956,6 +969,7 @@ class LoginFront(Protocol):
             return
         self._backend_tls = backend.tls
         if isinstance(outcome, Refused):
+            self._count_auth_failure()
             backend.close()
             self._backend = None
             self._log.info(
@@ -999,6 +1013,22 @@ class LoginFront(Protocol):
         assert self._backend_address_used is not None
         await backend.start_tls(self.settings.backend_tls_for(self._backend_address_used))
         return True
+
+    def _count_auth_failure(self) -> None:
+        """Count a refused login against the client's address (C{[limits]})."""
+        limits = limits_for(self.transport)
+        if limits is not None:
+            Deferred.fromCoroutine(limits.auth_failed(self.client.ip))
+
+    def _proxy_preamble(self, decision: Accept) -> bytes:
+        """The PROXY header for the backend (C{backend_proxy_protocol}), or b""."""
+        version = decision.backend_proxy_protocol or self.settings.backend_proxy_protocol
+        if version not in ("v1", "v2"):
+            return b""
+        client = self.client
+        return encode_header(
+            version, (client.ip, client.port), (client.local_ip, client.local_port)
+        )
 
     def _login_failed(self) -> None:
         self._failures += 1
