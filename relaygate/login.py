@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import ipaddress
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,12 +31,6 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IConsumer,
@@ -47,7 +40,6 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IPushProducer,
     IReactorTime,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
@@ -56,9 +48,10 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import Config, HostPort, IMAPConfig, ListenConfig, POP3Config
+from relaygate.connect import client_endpoint
 from relaygate.listeners import server_tls_for
 from relaygate.policy import limits_for
-from relaygate.proxy_protocol import PreambleEndpoint, encode_header, proxy_addresses
+from relaygate.proxy_protocol import encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ClientTLS, Refuse, Router
 from relaygate.splice import Splice, SpliceEnd
 from relaygate.tls import (
@@ -361,35 +354,6 @@ class _QuietFactory(ClientFactory):
         return self._make()
 
 
-def backend_endpoint(
-    reactor: Any,
-    backend: HostPort,
-    timeout: float,
-    tls: IOpenSSLClientConnectionCreator | None = None,
-    preamble: bytes = b"",
-) -> IStreamClientEndpoint:
-    """A client endpoint for C{backend}: plain TCP for IP literals, resolving names otherwise.
-
-    With C{tls}, the connection speaks TLS from its first byte (C{backend_tls = "implicit"}).
-    C{preamble} (a PROXY header) is sent first, below TLS.
-    """
-    endpoint: IStreamClientEndpoint
-    try:
-        address = ipaddress.ip_address(backend.host)
-    except ValueError:
-        endpoint = HostnameEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-    else:
-        if address.version == 6:
-            endpoint = TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-        else:
-            endpoint = TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-    if preamble:
-        endpoint = PreambleEndpoint(endpoint, preamble)
-    if tls is not None:
-        endpoint = wrapClientTLS(tls, endpoint)
-    return endpoint
-
-
 TLSCreatorFor = Callable[[HostPort], IOpenSSLClientConnectionCreator]
 """Makes the verifying TLS creator for one backend (its host is the name checked)."""
 
@@ -412,7 +376,7 @@ async def connect_backend(
     for backend in backends:
         try:
             creator = implicit_tls(backend) if implicit_tls is not None else None
-            endpoint = backend_endpoint(reactor, backend, timeout, creator, preamble)
+            endpoint = client_endpoint(reactor, backend, timeout, creator, preamble)
             connected = await endpoint.connect(_QuietFactory(make))
         except CancelledError:
             raise

@@ -20,11 +20,12 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ISSLTransport,
-    ITCPTransport,
     ITransport,
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from relaygate.connect import set_no_delay
 
 
 @dataclass(frozen=True)
@@ -35,18 +36,6 @@ class SpliceEnd:
     from_client: int
     from_backend: int
     duration: float
-
-
-def set_no_delay(transport: object) -> None:
-    """Turn off Nagle's algorithm where the transport (or the one under TLS) is TCP.
-
-    Mail commands and their answers are small writes in a request/response rhythm; with Nagle
-    and delayed ACKs each would wait for the peer's ACK (nginx's mail proxy stalls this way).
-    """
-    for candidate in (transport, getattr(transport, "transport", None)):
-        if ITCPTransport.providedBy(candidate):
-            candidate.setTcpNoDelay(True)
-            return
 
 
 class Splice:

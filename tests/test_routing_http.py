@@ -130,7 +130,7 @@ class _MemoryEndpoints:
     def __init__(self, reactor: MemoryReactorClock) -> None:
         self.reactor = reactor
 
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802 (interface)
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         return TCP4ClientEndpoint(self.reactor, uri.host.decode("ascii"), uri.port)
 
 

@@ -25,17 +25,20 @@ from twisted.internet.interfaces import (
     IReactorPluggableNameResolver,
     IReactorTCP,
     IReactorTime,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from typing_extensions import override
+from zope.interface import implementer
 
 from relaygate.config import AuthConfig, HostPort
+from relaygate.connect import client_endpoint
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
 from relaygate.tls import https_policy
 
@@ -74,7 +77,7 @@ _MAX_BODY: Final = 64 * 1024
 _MAX_VALUE: Final = 4096
 _MAX_MESSAGE: Final = 1024
 _MAX_WAITS: Final = 10
-_MAX_IDLE_CONNECTIONS: Final = 16
+_MAX_IDLE_CONNECTIONS: Final = 128
 
 
 def escape_auth_value(value: bytes) -> bytes:
@@ -549,6 +552,27 @@ class HTTPPoolService(Service):
         return closed
 
 
+@implementer(IAgentEndpointFactory)
+class _AuthEndpoints:
+    """Client endpoints for auth URLs: an IP literal is connected to directly.
+
+    Agent's own endpoints are L{HostnameEndpoint}s, which resolve even an IP literal through
+    getaddrinfo in the reactor's thread pool: a thread round trip for every new pooled
+    connection, and auth services are usually named by IP.
+    """
+
+    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, timeout: float) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._timeout = timeout
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """A TCP (or, for C{https}, TLS) endpoint for C{uri}'s host and port."""
+        host = uri.host.decode("idna").strip("[]")
+        tls = self._policy.creatorForNetloc(uri.host, uri.port) if uri.scheme == b"https" else None
+        return client_endpoint(self._reactor, HostPort(host, uri.port), self._timeout, tls)
+
+
 def new_http_router(config: AuthConfig, reactor: Any) -> tuple[HTTPRouter, IService]:
     """Build the router on C{reactor} with a keep-alive pool, and the service owning the pool.
 
@@ -558,10 +582,9 @@ def new_http_router(config: AuthConfig, reactor: Any) -> tuple[HTTPRouter, IServ
     pool = HTTPConnectionPool(typed_reactor, persistent=True)
     # Keep enough idle connections for a burst of concurrent lookups; more are closed after use.
     pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS
-    agent = Agent(
+    agent = Agent.usingEndpointFactory(
         typed_reactor,
-        contextFactory=https_policy(config.ca),
-        connectTimeout=config.timeout,
+        _AuthEndpoints(reactor, https_policy(config.ca), config.timeout),
         pool=pool,
     )
     client = HTTPClient(agent, cookiejar=_NoCookies())

@@ -11,7 +11,6 @@ from L{client_endpoint}; a failed handshake or verification fails with L{Backend
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,17 +21,10 @@ from service_identity import CertificateError as NameCheckError
 from service_identity import VerificationError
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    wrapClientTLS,
-)
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -42,7 +34,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import HostPort
-from relaygate.proxy_protocol import PreambleEndpoint
+from relaygate.connect import client_endpoint, set_no_delay
 from relaygate.tls import tls_facts
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
@@ -351,47 +343,6 @@ class _OneClient(Factory):
     @override
     def buildProtocol(self, addr: Any) -> BackendClient:
         return self._client
-
-
-def set_no_delay(transport: Any) -> None:
-    """Turn off Nagle where the transport allows: replies and final dots must not wait for ACKs."""
-    set_it = getattr(transport, "setTcpNoDelay", None)
-    if set_it is not None:
-        try:
-            set_it(True)
-        except OSError:
-            pass
-
-
-def client_endpoint(
-    reactor: Any,
-    backend: HostPort,
-    timeout: float,
-    tls: IOpenSSLClientConnectionCreator | None = None,
-    preamble: bytes = b"",
-) -> IStreamClientEndpoint:
-    """An endpoint for C{backend}: TCP for an IP literal, name resolution for a host name.
-
-    With C{tls}, the connection speaks TLS from its first byte (C{backend_tls = "implicit"}).
-    C{preamble} (a PROXY header) is sent first, below TLS.
-    """
-    endpoint: IStreamClientEndpoint
-    try:
-        address = ipaddress.ip_address(backend.host)
-    except ValueError:
-        endpoint = HostnameEndpoint(
-            reactor, backend.host.encode("idna"), backend.port, timeout=timeout
-        )
-    else:
-        if address.version == 6:
-            endpoint = TCP6ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-        else:
-            endpoint = TCP4ClientEndpoint(reactor, backend.host, backend.port, timeout=timeout)
-    if preamble:
-        endpoint = PreambleEndpoint(endpoint, preamble)
-    if tls is not None:
-        endpoint = wrapClientTLS(tls, endpoint)
-    return endpoint
 
 
 async def connect_backend(

@@ -40,6 +40,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import Config, HostPort, ListenConfig
+from relaygate.connect import set_no_delay
 from relaygate.listeners import server_tls_for
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.routing.router import (
@@ -59,7 +60,6 @@ from relaygate.smtp.backend import (
     RelayTransport,
     Reply,
     connect_backend,
-    set_no_delay,
 )
 from relaygate.smtp.data import BodyFault, BodyScanner
 from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN

@@ -1,0 +1,70 @@
+"""Outgoing connections: one way to build a client endpoint and tune its TCP socket.
+
+Backends (SMTP, IMAP, POP3) and the auth service are all reached through L{client_endpoint},
+on the injected reactor, so IP literals never wait on a resolver thread and PROXY headers and
+implicit TLS are layered the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+
+from relaygate.config import HostPort
+from relaygate.proxy_protocol import PreambleEndpoint
+
+
+def client_endpoint(
+    reactor: Any,
+    target: HostPort,
+    timeout: float,
+    tls: IOpenSSLClientConnectionCreator | None = None,
+    preamble: bytes = b"",
+) -> IStreamClientEndpoint:
+    """An endpoint for C{target}: plain TCP for an IP literal, name resolution for a host name.
+
+    L{HostnameEndpoint} would resolve even an IP literal through getaddrinfo in the reactor's
+    thread pool, a thread round trip per connection. With C{tls}, the connection speaks TLS from
+    its first byte (implicit TLS). C{preamble} (a PROXY header) is sent first, below TLS.
+    """
+    endpoint: IStreamClientEndpoint
+    try:
+        address = ipaddress.ip_address(target.host)
+    except ValueError:
+        endpoint = HostnameEndpoint(
+            reactor, target.host.encode("idna"), target.port, timeout=timeout
+        )
+    else:
+        if address.version == 6:
+            endpoint = TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
+        else:
+            endpoint = TCP4ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
+    if preamble:
+        endpoint = PreambleEndpoint(endpoint, preamble)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    return endpoint
+
+
+def set_no_delay(transport: object) -> None:
+    """Turn off Nagle's algorithm where the transport (or the one under TLS) is TCP.
+
+    Mail commands and their answers are small writes in a request/response rhythm; with Nagle
+    and delayed ACKs each would wait for the peer's ACK (nginx's mail proxy stalls this way).
+    """
+    for candidate in (transport, getattr(transport, "transport", None)):
+        if ITCPTransport.providedBy(candidate):
+            candidate.setTcpNoDelay(True)
+            return
