@@ -24,7 +24,15 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger, eventFromJSON, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventFromJSON,
+    globalLogBeginner,
+    jsonFileLogObserver,
+)
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -242,7 +250,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     reactor: Any = global_reactor
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    # Debug events stay in the worker: each relayed event costs a JSON round trip.
+    to_parent = FilteringLogObserver(
+        jsonFileLogObserver(sys.stdout), [LogLevelFilterPredicate(LogLevel.info)]
+    )
+    globalLogBeginner.beginLoggingTo([to_parent], redirectStandardIO=False)
     config = load(args.config)
     adopted: dict[str, IStreamServerEndpoint] = {}
     for item in args.fd:
