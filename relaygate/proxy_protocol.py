@@ -258,12 +258,6 @@ class ProxyProtocolWrapper(TransportWrapper):
                 server_addr=header.destination.host,
                 server_port=header.destination.port,
             )
-        self._log.debug(
-            "PROXY v{version} header from {proxy}: client {client}",
-            version=header.version,
-            proxy=_describe(self.transport.getPeer()),
-            client=_describe(peer),
-        )
         wrapped = self._factory.wrapped_factory.buildProtocol(peer)
         if wrapped is None:
             self.loseConnection()
