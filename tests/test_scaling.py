@@ -154,9 +154,7 @@ def start_haproxy(case: TestCase, servers: list[tuple[str, int]]) -> int:
 
 def send_from(port: int, recipient: str) -> dict[str, tuple[int, bytes]]:
     """One message from a client bound to 127.0.0.2 (run in a thread)."""
-    with smtplib.SMTP(
-        "127.0.0.1", port, timeout=30, source_address=(CLIENT_ADDRESS, 0)
-    ) as client:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(CLIENT_ADDRESS, 0)) as client:
         return client.sendmail("a@example.net", [recipient], b"Subject: s\r\n\r\nbody\r\n")
 
 
