@@ -97,6 +97,8 @@ class ParseTests(SynchronousTestCase):
             V2_SIGNATURE + b"\x31\x11\x00\x0c" + bytes(12),
             V2_SIGNATURE + b"\x21\x12\x00\x0c" + bytes(12),
             V2_SIGNATURE + b"\x21\x11\xff\xff",
+            V2_SIGNATURE + b"\x21\x11\x00\x04" + bytes(4),
+            V2_SIGNATURE + b"\x21\x21\x00\x0c" + bytes(12),
         ):
             with self.assertRaises(HeaderError, msg=repr(data)):
                 parse_header(data)
