@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.threads import deferToThread
-from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory  # not re-exported
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 from typing_extensions import override
@@ -478,9 +478,9 @@ class OutboundProxyTests(TestCase):
 
     async def check(self, version: str) -> None:
         backend = _ProxyReadingBackend()
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            HAProxyWrappingFactory(backend)
-        )
+        listening = await proxyEndpoint(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        ).listen(backend)
         self.addCleanup(listening.stopListening)
         backend.port = listening.getHost().port  # type: ignore[attr-defined]
         service = await start_auth_service(self, accounts(backend))
