@@ -20,8 +20,12 @@ from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import TCP4ServerEndpoint, wrapServerTLS
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLServerConnectionCreator,
+    IStreamServerEndpoint,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel
@@ -149,15 +153,25 @@ class _AuthResource(Resource):
         return NOT_DONE_YET
 
 
-async def start_auth_service(case: TestCase, respond: Respond) -> AuthService:
-    """Listen on 127.0.0.1:0; registers case.addCleanup to stop it."""
+async def start_auth_service(
+    case: TestCase,
+    respond: Respond,
+    tls: IOpenSSLServerConnectionCreator | None = None,
+) -> AuthService:
+    """Listen on 127.0.0.1:0; registers case.addCleanup to stop it.
+
+    With C{tls}, the service speaks HTTPS and C{url} is an C{https://} URL.
+    """
     service = AuthService(respond)
     site = _Site(_AuthResource(service), service)
     site.displayTracebacks = False
-    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    endpoint: IStreamServerEndpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    if tls is not None:
+        endpoint = wrapServerTLS(tls, endpoint)
     port = await endpoint.listen(site)
     service._port = port
-    service.url = f"http://127.0.0.1:{port.getHost().port}/auth"  # type: ignore[attr-defined]
+    scheme = "https" if tls is not None else "http"
+    service.url = f"{scheme}://127.0.0.1:{port.getHost().port}/auth"  # type: ignore[attr-defined]
     case.addCleanup(lambda: Deferred.fromCoroutine(service.stop()))
     return service
 

@@ -14,6 +14,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -42,6 +43,7 @@ from relaygate.routing.router import (
     RouterUnavailable,
 )
 from tests.authservice import hang, ok_to, refuse, start_auth_service
+from tests.certs import PKI, make_pki
 
 URL = "http://auth.example:8080/auth"
 SMTP_REQUEST = AuthRequest(
@@ -924,3 +926,34 @@ class IntegrationTests(TestCase):
         await arrived
         gate.callback(ok_to("127.0.0.1", 143)({}))
         self.assertIsInstance(await d, Accept)
+
+
+class HTTPSTests(TestCase):
+    """An https:// auth service is verified against [auth] ca (certificates made here)."""
+
+    async def https_service(self) -> tuple[str, PKI]:
+        pki = make_pki(self.mktemp())
+        with open(pki.server.key, "rb") as key, open(pki.server.certificate, "rb") as cert:
+            server = PrivateCertificate.loadPEM(key.read() + cert.read())
+        auth = await start_auth_service(self, ok_to("127.0.0.1", 2525), tls=server.options())
+        self.assertTrue(auth.url.startswith("https://127.0.0.1:"))
+        return auth.url, pki
+
+    async def lookup(self, url: str, ca: str) -> Decision:
+        from twisted.internet import reactor
+
+        router, service = new_http_router(AuthConfig(http=(url,), timeout=5.0, ca=ca), reactor)
+        self.addCleanup(service.stopService)
+        return await router.lookup(SMTP_REQUEST)
+
+    async def test_verified_service(self) -> None:
+        """A service whose certificate the configured CA signed answers over TLS."""
+        url, pki = await self.https_service()
+        decision = await self.lookup(url, pki.ca.certificate)
+        self.assertEqual(decision, Accept(backends=(HostPort("127.0.0.1", 2525),)))
+
+    async def test_unknown_ca_is_unavailable(self) -> None:
+        """A certificate from a CA not in [auth] ca fails the lookup (temporary, never routed)."""
+        url, pki = await self.https_service()
+        with self.assertRaises(RouterUnavailable):
+            await self.lookup(url, pki.unknown_ca.certificate)
