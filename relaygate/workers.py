@@ -38,6 +38,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.config import Config, HostPort, ListenConfig, load
+from relaygate.tls import ReloadOnSIGHUP
 
 RESTART_DELAY = 1.0
 STOP_GRACE = 10.0
@@ -80,6 +81,7 @@ class _WorkerProcess(ProcessProtocol):
         self.number = number
         self._partial = b""
         self.ended: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
 
     @override
     def outReceived(self, data: bytes) -> None:
@@ -96,6 +98,7 @@ class _WorkerProcess(ProcessProtocol):
 
     @override
     def processEnded(self, reason: Failure) -> None:
+        self.reason = reason
         self._pool.worker_ended(self, reason)
         self.ended.callback(None)
 
@@ -127,6 +130,14 @@ class WorkerPool(Service):
         self._sockets = [(listen, bind_listener(listen.address)) for listen in self._config.listen]
         for number in range(self._count):
             self._spawn(number)
+
+    def signal_all(self, name: str) -> None:
+        """Send signal C{name} (C{"HUP"}, C{"TERM"} ...) to every running worker."""
+        for _, transport in list(self.workers.values()):
+            try:
+                transport.signalProcess(name)
+            except Exception:  # ended meanwhile; processEnded follows
+                pass
 
     def addresses(self) -> list[tuple[ListenConfig, HostPort]]:
         """Each listener with the address it is bound to (port 0 resolved)."""
@@ -199,13 +210,8 @@ class WorkerPool(Service):
         self._restarts.clear()
         for _, sock in self._sockets:
             sock.close()
-        waits = []
-        for process, transport in list(self.workers.values()):
-            waits.append(process.ended)
-            try:
-                transport.signalProcess("TERM")
-            except Exception:  # already gone; processEnded follows
-                pass
+        waits = [process.ended for process, _ in self.workers.values()]
+        self.signal_all("TERM")
         killer = self._reactor.callLater(STOP_GRACE, self._kill_all)
 
         def all_ended(_: object) -> None:
@@ -217,11 +223,7 @@ class WorkerPool(Service):
         return done
 
     def _kill_all(self) -> None:
-        for _, transport in list(self.workers.values()):
-            try:
-                transport.signalProcess("KILL")
-            except Exception:
-                pass
+        self.signal_all("KILL")
 
 
 def pool_service(config: Config, reactor: Any) -> MultiService:
@@ -231,7 +233,10 @@ def pool_service(config: Config, reactor: Any) -> MultiService:
         from relaygate.demo import demo_service
 
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
-    WorkerPool(config, config.server.workers, reactor).setServiceParent(top)
+    pool = WorkerPool(config, config.server.workers, reactor)
+    pool.setServiceParent(top)
+    # SIGHUP reloads certificates: the workers hold them, so the parent passes it on.
+    ReloadOnSIGHUP(lambda: pool.signal_all("HUP"), reactor).setServiceParent(top)
     return top
 
 
@@ -255,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         jsonFileLogObserver(sys.stdout), [LogLevelFilterPredicate(LogLevel.info)]
     )
     globalLogBeginner.beginLoggingTo([to_parent], redirectStandardIO=False)
+    # The parent passes SIGHUP on for certificate reloads; without TLS there is nothing to
+    # reload, and SIGHUP's default action would end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load(args.config)
     adopted: dict[str, IStreamServerEndpoint] = {}
     for item in args.fd:

@@ -9,6 +9,7 @@ import socket
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
@@ -94,8 +95,13 @@ class WorkerPoolTests(TestCase):
         self.assertEqual([e["outcome"] for e in transactions], ["delivered", "delivered"])
         self.assertTrue(all(e["worker"] in (0, 1) for e in transactions))
 
-        children = [transport for _, transport in pool.workers.values()]
+        # SIGHUP (certificate reload) must not end a worker; SIGTERM then ends each cleanly.
+        pool.signal_all("HUP")
+        processes = [process for process, _ in pool.workers.values()]
         await pool.stopService()
         stopped.append(True)
         self.assertEqual(pool.workers, {})
-        self.assertTrue(all(transport.pid is None for transport in children))
+        self.assertEqual(
+            [process.reason.type if process.reason else None for process in processes],
+            [ProcessDone, ProcessDone],
+        )
