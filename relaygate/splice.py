@@ -128,7 +128,13 @@ class Splice:
             transport.loseConnection()
             return
         if lose_write is not None and not (self._client_eof and self._backend_eof):
-            lose_write()
+            try:
+                lose_write()
+            except (OSError, ValueError):
+                # The connection closed under us (its socket is gone); its own
+                # connectionLost ends the splice, so only make sure it is closing.
+                self._log.debug("half-close of a closed connection")
+                transport.loseConnection()
             return
         # Both directions are finished: Twisted reports no loss for a connection that was
         # half-closed both ways, so close both for real (after their buffers are sent).
