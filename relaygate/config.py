@@ -11,7 +11,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 PROTOCOLS: Final = ("smtp", "imap", "pop3")
@@ -632,54 +632,60 @@ def _read_capabilities(
     return values
 
 
+def _read_login_section(
+    t: _Table,
+    base: str,
+    defaults: IMAPConfig | POP3Config,
+    auth_methods: Sequence[str],
+    generated: tuple[str, ...],
+    backend_logins: tuple[str, ...],
+) -> dict[str, Any]:
+    """The keys C{[imap]} and C{[pop3]} share, read and checked the same way for both."""
+    d = defaults
+    values: dict[str, Any] = {
+        "auth": t.choices("auth", auth_methods, d.auth),
+        "capabilities": _read_capabilities(t, d.capabilities, generated),
+        "timeout": t.number("timeout", d.timeout, minimum=0.001),
+        "proxy_timeout": t.number("proxy_timeout", d.proxy_timeout, minimum=0.001),
+        "max_line_length": t.integer("max_line_length", d.max_line_length, minimum=512),
+        "max_errors": t.integer("max_errors", d.max_errors, minimum=1),
+        "max_login_failures": t.integer("max_login_failures", d.max_login_failures, minimum=1),
+        "pass_error_message": t.boolean("pass_error_message", d.pass_error_message),
+        "xclient": t.boolean("xclient", d.xclient),
+        "backend_login": t.choice("backend_login", backend_logins, d.backend_login),
+        "backend_tls": t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
+        "backend_ca": t.path("backend_ca", base),
+        "backend_certificate": t.path("backend_certificate", base),
+        "backend_key": t.path("backend_key", base),
+        "backend_proxy_protocol": t.choice(
+            "backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"
+        ),
+    }
+    _check_ca_bundle(t, "backend_ca", values["backend_ca"])
+    _check_client_certificate(t, values["backend_certificate"], values["backend_key"])
+    return values
+
+
 def _read_imap(t: _Table, base: str) -> IMAPConfig:
     d = IMAPConfig()
-    imap = IMAPConfig(
-        auth=t.choices("auth", IMAP_AUTH_METHODS, d.auth),
-        capabilities=_read_capabilities(t, d.capabilities, ("STARTTLS", "LOGINDISABLED")),
-        timeout=t.number("timeout", d.timeout, minimum=0.001),
-        proxy_timeout=t.number("proxy_timeout", d.proxy_timeout, minimum=0.001),
-        max_line_length=t.integer("max_line_length", d.max_line_length, minimum=512),
+    imap = replace(
+        d,
+        **_read_login_section(
+            t, base, d, IMAP_AUTH_METHODS, ("STARTTLS", "LOGINDISABLED"), ("login", "plain")
+        ),
         max_literal_size=t.integer("max_literal_size", d.max_literal_size, minimum=256),
-        max_errors=t.integer("max_errors", d.max_errors, minimum=1),
-        max_login_failures=t.integer("max_login_failures", d.max_login_failures, minimum=1),
-        pass_error_message=t.boolean("pass_error_message", d.pass_error_message),
         send_id=t.boolean("send_id", d.send_id),
-        xclient=t.boolean("xclient", d.xclient),
-        backend_login=t.choice("backend_login", ("login", "plain"), d.backend_login),
-        backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
-        backend_ca=t.path("backend_ca", base),
-        backend_certificate=t.path("backend_certificate", base),
-        backend_key=t.path("backend_key", base),
-        backend_proxy_protocol=t.choice("backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"),
     )
-    _check_ca_bundle(t, "backend_ca", imap.backend_ca)
-    _check_client_certificate(t, imap.backend_certificate, imap.backend_key)
     t.finish()
     return imap
 
 
 def _read_pop3(t: _Table, base: str) -> POP3Config:
     d = POP3Config()
-    pop3 = POP3Config(
-        auth=t.choices("auth", POP3_AUTH_METHODS, d.auth),
-        capabilities=_read_capabilities(t, d.capabilities, ("STLS", "USER")),
-        timeout=t.number("timeout", d.timeout, minimum=0.001),
-        proxy_timeout=t.number("proxy_timeout", d.proxy_timeout, minimum=0.001),
-        max_line_length=t.integer("max_line_length", d.max_line_length, minimum=512),
-        max_errors=t.integer("max_errors", d.max_errors, minimum=1),
-        max_login_failures=t.integer("max_login_failures", d.max_login_failures, minimum=1),
-        pass_error_message=t.boolean("pass_error_message", d.pass_error_message),
-        xclient=t.boolean("xclient", d.xclient),
-        backend_login=t.choice("backend_login", ("user", "plain"), d.backend_login),
-        backend_tls=t.choice("backend_tls", BACKEND_TLS_MODES, d.backend_tls),
-        backend_ca=t.path("backend_ca", base),
-        backend_certificate=t.path("backend_certificate", base),
-        backend_key=t.path("backend_key", base),
-        backend_proxy_protocol=t.choice("backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"),
+    pop3 = replace(
+        d,
+        **_read_login_section(t, base, d, POP3_AUTH_METHODS, ("STLS", "USER"), ("user", "plain")),
     )
-    _check_ca_bundle(t, "backend_ca", pop3.backend_ca)
-    _check_client_certificate(t, pop3.backend_certificate, pop3.backend_key)
     t.finish()
     return pop3
 
