@@ -62,6 +62,38 @@ from relaygate.smtp.backend import (
     connect_backend,
 )
 from relaygate.smtp.data import BodyFault, BodyScanner
+from relaygate.smtp.replies import (
+    R_AUTH_SERVICE,
+    R_BACKEND_DOWN,
+    R_BACKEND_LOST,
+    R_BACKEND_NO_TLS,
+    R_BACKEND_TLS,
+    R_BAD_CHARS,
+    R_BARE_NEWLINE,
+    R_HELO_SYNTAX,
+    R_HELP,
+    R_INTERNAL,
+    R_MAIL_SYNTAX,
+    R_NEED_HELO,
+    R_NEED_MAIL,
+    R_NEED_RCPT,
+    R_NEED_STARTTLS,
+    R_NESTED_MAIL,
+    R_NO_PARAMS,
+    R_NOT_AVAILABLE,
+    R_OK,
+    R_OTHER_BACKEND,
+    R_RCPT_SYNTAX,
+    R_READY_TLS,
+    R_SENDER_OK,
+    R_STARTTLS_SYNTAX,
+    R_TLS_ACTIVE,
+    R_TOO_BIG,
+    R_TOO_MANY_ERRORS,
+    R_TOO_MANY_RCPTS,
+    R_UNKNOWN,
+    R_VRFY,
+)
 from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import xclient_commands
@@ -73,41 +105,6 @@ from relaygate.tls import (
     certificate_problem,
     client_tls_info,
 )
-
-# Replies the gateway itself gives. Texts follow Postfix and nginx where they have one.
-R_OK = Reply(250, (b"2.0.0 Ok",))
-R_SENDER_OK = Reply(250, (b"2.1.0 Ok",))
-R_BYE = Reply(221, (b"2.0.0 Bye",))
-R_VRFY = Reply(252, (b"2.5.2 Cannot VRFY user, but will accept message and attempt delivery",))
-R_HELP = Reply(214, (b"2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",))
-R_UNKNOWN = Reply(500, (b"5.5.2 Error: command not recognized",))
-R_LINE_TOO_LONG = Reply(500, (b"5.5.2 Error: line too long",))
-R_BAD_CHARS = Reply(500, (b"5.5.2 Error: CR, LF or NUL inside a command line",))
-R_NEED_HELO = Reply(503, (b"5.5.1 Error: send HELO/EHLO first",))
-R_NESTED_MAIL = Reply(503, (b"5.5.1 Error: nested MAIL command",))
-R_NEED_MAIL = Reply(503, (b"5.5.1 Error: need MAIL command",))
-R_NEED_RCPT = Reply(554, (b"5.5.1 Error: no valid recipients",))
-R_HELO_SYNTAX = Reply(501, (b"5.5.4 Syntax: EHLO hostname",))
-R_MAIL_SYNTAX = Reply(501, (b"5.5.4 Syntax: MAIL FROM:<address>",))
-R_RCPT_SYNTAX = Reply(501, (b"5.5.4 Syntax: RCPT TO:<address>",))
-R_NO_PARAMS = Reply(501, (b"5.5.4 Syntax: no parameters allowed",))
-R_TOO_BIG = Reply(552, (b"5.3.4 Message size exceeds fixed limit",))
-R_TOO_MANY_RCPTS = Reply(452, (b"4.5.3 Error: too many recipients",))
-R_OTHER_BACKEND = Reply(452, (b"4.5.3 Too many recipients: send this one in a new transaction",))
-R_BARE_NEWLINE = Reply(550, (b"5.6.11 Message refused: bare CR or LF in the message body",))
-R_AUTH_SERVICE = Reply(451, (b"4.3.2 Internal server error",))
-R_BACKEND_DOWN = Reply(451, (b"4.4.1 Cannot reach the mail server, try again later",))
-R_BACKEND_LOST = Reply(451, (b"4.4.2 Lost the connection to the mail server, try again later",))
-R_INTERNAL = Reply(451, (b"4.3.0 Internal error, try again later",))
-R_NOT_AVAILABLE = Reply(502, (b"5.5.1 Error: command not available",))
-R_TOO_MANY_ERRORS = Reply(421, (b"4.7.0 Error: too many errors",))
-R_SHUTDOWN = Reply(421, (b"4.3.2 Service shutting down, closing connection",))
-R_READY_TLS = Reply(220, (b"2.0.0 Ready to start TLS",))
-R_TLS_ACTIVE = Reply(503, (b"5.5.1 Error: TLS already active",))
-R_STARTTLS_SYNTAX = Reply(501, (b"5.5.4 Syntax: STARTTLS",))
-R_NEED_STARTTLS = Reply(530, (b"5.7.0 Must issue a STARTTLS command first",))
-R_BACKEND_NO_TLS = Reply(451, (b"4.7.5 TLS is required, but the mail server does not offer it",))
-R_BACKEND_TLS = Reply(451, (b"4.7.5 TLS with the mail server failed, try again later",))
 
 _session_ids = itertools.count(1)
 _BUFFER_LIMIT = 65536

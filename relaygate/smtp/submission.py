@@ -27,6 +27,7 @@ from relaygate.policy import Limits, limits_for
 from relaygate.proxy_protocol import encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ProxyAddresses, Refuse, RouterUnavailable
 from relaygate.smtp.backend import BackendClient, BackendError, Reply
+from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE
 from relaygate.smtp.sasl import (
     MAX_USER,
     MECHANISMS,
@@ -55,8 +56,6 @@ from relaygate.smtp.sasl import (
 if TYPE_CHECKING:
     from relaygate.smtp.front import SMTPFront
 
-R_LINE_TOO_LONG = Reply(500, (b"5.5.2 Error: line too long",))
-R_NOT_AVAILABLE = Reply(502, (b"5.5.1 Error: command not available",))
 R_EARLY_TALKER = Reply(554, (b"5.5.0 Error: improper use of SMTP command pipelining",))
 R_AUTH_BLOCKED = Reply(421, (b"4.7.0 Error: too many failed logins from your address",))
 
