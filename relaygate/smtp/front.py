@@ -330,6 +330,11 @@ class SMTPFront(smtp.ESMTP):
 
     @override
     def timeoutConnection(self) -> None:
+        if self._pending is not None:
+            # The gateway, not the client, is waiting (router or backend, each with its own
+            # timeout): re-arm rather than stopping and restarting the timer for every command.
+            self.setTimeout(self.timeout)
+            return
         self.session.end = "idle timeout"
         self._reply_and_close(Reply(421, (b"4.4.2 " + self.host + b" Error: timeout exceeded",)))
 
@@ -549,7 +554,6 @@ class SMTPFront(smtp.ESMTP):
 
     def _run(self, work: Coroutine[Any, Any, Reply | None]) -> None:
         """Run a command that waits (router, backend); later input waits for its reply."""
-        self.setTimeout(None)
         done = Deferred.fromCoroutine(work)
         self._pending = done.addCallbacks(self._finished, self._crashed)
         self._pending.addBoth(self._resume)
@@ -568,7 +572,8 @@ class SMTPFront(smtp.ESMTP):
         self._pending = None
         self._awaiting_final = False
         if self._connected:
-            self.setTimeout(self.timeout)
+            # The client's silence starts now: what it waited for was the gateway.
+            self.resetTimeout()
             self._process_input()
 
     # -- session commands -----------------------------------------------------------------
