@@ -57,10 +57,10 @@ from relaygate.splice import Splice, SpliceEnd
 from relaygate.tls import (
     CERTIFICATE_REPLIES,
     CertificateProblem,
+    HandshakeResult,
+    HandshakeTimer,
     ServerTLS,
     backend_tls_creator,
-    certificate_problem,
-    client_tls_info,
     tls_facts,
 )
 
@@ -492,7 +492,7 @@ class LoginFront(Protocol):
         self.client_tls: ClientTLS | None = None
         """The client leg's TLS facts for the router (``Auth-SSL-*``), after the handshake."""
         self._certificate_problem: CertificateProblem | None = None
-        self._handshake_timer: IDelayedCall | None = None
+        self._handshake: HandshakeTimer | None = None
         self.backend_tls_mode = "none"
         """This login's C{backend_tls}: the route's own, else the protocol section's."""
         self._backend_address_used: HostPort | None = None
@@ -654,21 +654,21 @@ class LoginFront(Protocol):
 
     def _await_handshake(self) -> None:
         """Read nothing until the handshake is done, for at most C{[tls] handshake_timeout}."""
-        assert self.settings.server_tls is not None
+        if self._handshake is None:
+            assert self.settings.server_tls is not None
+            self._handshake = HandshakeTimer(
+                self._clock, self.settings.server_tls.handshake_timeout, self._handshake_expired
+            )
         self.state = FrontState.HANDSHAKE
         self._stop_idle()
-        self._handshake_timer = self._clock.callLater(
-            self.settings.server_tls.handshake_timeout, self._handshake_expired
-        )
+        self._handshake.start()
 
     def _stop_handshake_timer(self) -> None:
-        timer, self._handshake_timer = self._handshake_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if self._handshake is not None:
+            self._handshake.stop()
 
     def _handshake_expired(self) -> None:
         """The client did not finish its TLS handshake in time: no reply can reach it."""
-        self._handshake_timer = None
         self._log.info(
             "{protocol} client {client}: TLS handshake timeout",
             protocol=self.protocol_name,
@@ -687,13 +687,14 @@ class LoginFront(Protocol):
         listener instead of the greeting, after STARTTLS as the answer to the next command
         (as the SMTP front does, so the close cannot reset a command the client is writing).
         """
-        self._stop_handshake_timer()
-        if self.state is not FrontState.HANDSHAKE:
+        if self._handshake is None or self.state is not FrontState.HANDSHAKE:
+            self._stop_handshake_timer()
             return
+        result = self._handshake.finished(self.transport)
         self.secure = True
-        self.client_tls = client_tls_info(self.transport)
+        self.client_tls = result.info
         self.state = FrontState.READING
-        problem = certificate_problem(self.transport)
+        problem = result.problem
         if problem is not None:
             self._log.info(
                 "{protocol} refusing {client}: client certificate {problem} ({verify})",
@@ -1062,11 +1063,7 @@ class LoginFront(Protocol):
 
     def _tls_summary(self) -> str:
         """The client leg's TLS for the access log, as the SMTP front writes it."""
-        info = self.client_tls
-        if info is None:
-            return ""
-        verify = f" verify={info.verify}" if info.verify else ""
-        return f"{info.protocol} {info.cipher}{verify}"
+        return HandshakeResult(self.client_tls, None).summary()
 
 
 def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:

@@ -100,10 +100,9 @@ from relaygate.smtp.xclient import xclient_commands
 from relaygate.tls import (
     CERTIFICATE_REPLIES,
     CertificateProblem,
+    HandshakeTimer,
     ServerTLS,
     backend_tls_creator,
-    certificate_problem,
-    client_tls_info,
 )
 
 _session_ids = itertools.count(1)
@@ -254,7 +253,7 @@ class SMTPFront(smtp.ESMTP):
         self._backend_tls_mode = ""
         self._secure = False
         self._tls_starting = False
-        self._handshake_timer: IDelayedCall | None = None
+        self._handshake: HandshakeTimer | None = None
         self._certificate_problem: CertificateProblem | None = None
         self._client_tls: ClientTLS | None = None
         self._connected = False
@@ -351,19 +350,19 @@ class SMTPFront(smtp.ESMTP):
     # -- TLS ----------------------------------------------------------------------------
 
     def _start_handshake_timer(self) -> None:
-        assert self._settings.server_tls is not None
-        self._handshake_timer = self.callLater(
-            self._settings.server_tls.handshake_timeout, self._handshake_expired
-        )
+        if self._handshake is None:
+            assert self._settings.server_tls is not None
+            self._handshake = HandshakeTimer(
+                self._reactor, self._settings.server_tls.handshake_timeout, self._handshake_expired
+            )
+        self._handshake.start()
 
     def _stop_handshake_timer(self) -> None:
-        timer, self._handshake_timer = self._handshake_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        if self._handshake is not None:
+            self._handshake.stop()
 
     def _handshake_expired(self) -> None:
         """The client did not finish its TLS handshake in time: no reply can reach it."""
-        self._handshake_timer = None
         self.session.end = "TLS handshake timeout"
         self._log.info("closing {client}: TLS handshake timeout", client=self.session.client)
         self._closing = True
@@ -371,15 +370,13 @@ class SMTPFront(smtp.ESMTP):
 
     def handshakeCompleted(self) -> None:
         """TLS is up (implicit, or after STARTTLS): check the client certificate, record facts."""
-        self._stop_handshake_timer()
+        assert self._handshake is not None
+        result = self._handshake.finished(self.transport)
         self._tls_starting = False
         self._secure = True
-        info = client_tls_info(self.transport)
+        info, problem = result.info, result.problem
         self._client_tls = info
-        if info is not None:
-            verify = f" verify={info.verify}" if info.verify else ""
-            self.session.tls = f"{info.protocol} {info.cipher}{verify}"
-        problem = certificate_problem(self.transport)
+        self.session.tls = result.summary()
         if problem is not None:
             self._log.info(
                 "refusing {client}: client certificate {problem} ({verify})",
