@@ -19,13 +19,12 @@ from typing import Any, Final, Protocol
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
 from relaygate.config import LimitsConfig
-from relaygate.wrapping import TransportWrapper
+from relaygate.wrapping import FactoryWrapper, TransportWrapper
 
 MINUTE: Final = 60.0
 HOUR: Final = 3600.0
@@ -243,26 +242,16 @@ class LimitedConnection(TransportWrapper):
         super().connectionLost(reason)
 
 
-class LimitedFactory(Factory):
+class LimitedFactory(FactoryWrapper):
     """Wraps a listener's factory with the connection limits."""
-
-    noisy = False
 
     def __init__(
         self, wrapped_factory: IProtocolFactory, limits: Limits, protocol: str, server_name: str
     ) -> None:
-        self.wrapped_factory = wrapped_factory
+        super().__init__(wrapped_factory)
         self.limits = limits
         self.protocol_name = protocol
         self.server_name = server_name
-
-    @override
-    def doStart(self) -> None:
-        self.wrapped_factory.doStart()
-
-    @override
-    def doStop(self) -> None:
-        self.wrapped_factory.doStop()
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> LimitedConnection:

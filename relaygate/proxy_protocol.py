@@ -46,7 +46,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.routing.router import ProxyAddresses
-from relaygate.wrapping import TransportWrapper
+from relaygate.wrapping import FactoryWrapper, TransportWrapper
 
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
 _V1_PREFIX: Final = b"PROXY "
@@ -295,10 +295,8 @@ class ProxyProtocolWrapper(TransportWrapper):
         return super().getHost()
 
 
-class ProxyProtocolFactory(Factory):
+class ProxyProtocolFactory(FactoryWrapper):
     """Wraps a listener's factory: each connection first goes through L{ProxyProtocolWrapper}."""
-
-    noisy = False
 
     def __init__(
         self,
@@ -307,18 +305,10 @@ class ProxyProtocolFactory(Factory):
         timeout: float,
         clock: IReactorTime,
     ) -> None:
-        self.wrapped_factory = wrapped_factory
+        super().__init__(wrapped_factory)
         self.trusted = trusted
         self.timeout = timeout
         self.clock = clock
-
-    @override
-    def doStart(self) -> None:
-        self.wrapped_factory.doStart()
-
-    @override
-    def doStop(self) -> None:
-        self.wrapped_factory.doStop()
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> ProxyProtocolWrapper:

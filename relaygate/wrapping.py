@@ -22,8 +22,9 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IHandshakeListener,
     IProtocol,
+    IProtocolFactory,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import directlyProvides, implementer, providedBy
@@ -129,3 +130,24 @@ class TransportWrapper(Protocol):
         if transport is None or name.startswith("__"):
             raise AttributeError(name)
         return getattr(transport, name)
+
+
+class FactoryWrapper(Factory):
+    """A listener's factory in front of the front's own: it starts and stops with it.
+
+    Subclasses build a L{TransportWrapper} per connection, which builds the wrapped factory's
+    protocol once the connection may go on.
+    """
+
+    noisy = False
+
+    def __init__(self, wrapped_factory: IProtocolFactory) -> None:
+        self.wrapped_factory = wrapped_factory
+
+    @override
+    def doStart(self) -> None:
+        self.wrapped_factory.doStart()
+
+    @override
+    def doStop(self) -> None:
+        self.wrapped_factory.doStop()
