@@ -36,17 +36,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from loopback import free_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 USER, PASSWORD = "alice@example.org", "s3cret"
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port() -> int:
-    """A free loopback port (bind 0, read it, release it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:

@@ -20,13 +20,14 @@ import os
 import poplib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from loopback import free_port, memory_kib, reset_peak, wait_for_port
 
 from tests.dovecot import Dovecot  # importable once the repository root is on the path
 
@@ -50,44 +51,6 @@ protocol = "pop3"
 match = "*"
 backends = ["127.0.0.1:{dovecot_pop3}"]
 """
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bench only: the race is harmless here)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Block until something accepts on 127.0.0.1:PORT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def peak_kib(pid: int) -> int:
-    """VmHWM (peak RSS) of PID in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of PID in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def fetch_imap(port: int) -> tuple[bytes, float]:
@@ -157,9 +120,8 @@ def main() -> int:
         )
         wait_for_port(imap)
         wait_for_port(pop3)
-        before = rss_kib(gateway.pid)
-        with open(f"/proc/{gateway.pid}/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
+        before = memory_kib(gateway.pid)["VmRSS"]
+        reset_peak(gateway.pid)
         results: dict[str, object] = {"message_mib": args.size_mib}
         for name, run, direct_port, gateway_port in (
             ("imap_fetch", fetch_imap, dovecot.imap_port, imap),
@@ -175,7 +137,7 @@ def main() -> int:
                 results[f"{name}_{label}_seconds"] = round(seconds, 3)
                 results[f"{name}_{label}_mib_per_s"] = round(len(body) / seconds / 2**20, 1)
         results["relaygate_rss_before_kib"] = before
-        results["relaygate_rss_peak_growth_kib"] = peak_kib(gateway.pid) - before
+        results["relaygate_rss_peak_growth_kib"] = memory_kib(gateway.pid)["VmHWM"] - before
         print(json.dumps(results, indent=2))
         if args.json:
             with open(args.json, "w") as f:

@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from loopback import free_port, memory_kib, reset_peak, wait_for_port
+
 CONFIG = """\
 [server]
 name = "gw.test"
@@ -41,43 +43,6 @@ backends = ["127.0.0.1:{sink}"]
 xclient = false
 max_message_size = {max_size}
 """
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bench only: the race is harmless here)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    """Block until something accepts on 127.0.0.1:PORT."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of PID, in KiB."""
-    result = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                result[key] = int(value.split()[0])
-    return result
-
-
-def reset_peak(pid: int) -> None:
-    """Reset VmHWM to the current RSS (Linux 4.0+: write 5 to clear_refs)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
 
 
 def read_reply(sock: socket.socket) -> bytes:
@@ -161,19 +126,19 @@ def main() -> int:
         wait_for_port(sink)
         wait_for_port(port)
         pid = procs[1].pid
-        base = status(pid)["VmRSS"]
+        base = memory_kib(pid)["VmRSS"]
         sessions = idle_sessions(port, args.idle)
-        idle = status(pid)["VmRSS"]
+        idle = memory_kib(pid)["VmRSS"]
         for s in sessions:
             s.close()
         # Let the gateway notice the closes before measuring the next case.
         select.select([], [], [], 1.0)
-        before = status(pid)["VmRSS"]
+        before = memory_kib(pid)["VmRSS"]
         reset_peak(pid)
         started = time.monotonic()
         final = send_big(port, args.size_mib << 20)
         seconds = time.monotonic() - started
-        peak = status(pid)["VmHWM"]
+        peak = memory_kib(pid)["VmHWM"]
         result = {
             "rss_start_kib": base,
             "idle_sessions": args.idle,

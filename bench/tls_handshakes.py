@@ -29,14 +29,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from loopback import free_port
+
 MODES = ("plain", "implicit", "starttls")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_certificates(directory: str) -> tuple[str, str, str]:
