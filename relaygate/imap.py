@@ -18,7 +18,6 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.protocol import Factory
 from typing_extensions import override
 
 from relaygate.config import Config, ListenConfig
@@ -37,9 +36,9 @@ from relaygate.login import (
     BackendClient,
     BackendError,
     Credentials,
-    FrontSettings,
     LoggedIn,
     LoginFront,
+    LoginFrontFactory,
     LoginOutcome,
     Refused,
     decode_base64,
@@ -450,10 +449,8 @@ def _id_list(client: Any) -> bytes:
     )
 
 
-class IMAPFrontFactory(Factory):
+class IMAPFrontFactory(LoginFrontFactory):
     """Builds L{IMAPFront}s for one listener from the C{[imap]} section."""
-
-    noisy = False
 
     def __init__(
         self,
@@ -463,11 +460,7 @@ class IMAPFrontFactory(Factory):
         reactor: Any,
         random: Callable[[], int] | None = None,
     ) -> None:
-        self.settings = FrontSettings.from_section(config, listen, config.imap)
-        self.router = router
-        self.reactor = reactor
-        self.random = random
-        self.capabilities = [c.encode("ascii") for c in config.imap.capabilities]
+        super().__init__(config, listen, config.imap, router, reactor, random)
         self.max_literal_size = config.imap.max_literal_size
         self.send_id = config.imap.send_id
 

@@ -41,7 +41,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -457,6 +457,27 @@ class FrontSettings:
         return backend_tls_creator(
             backend.host, self.backend_ca, self.backend_certificate, self.backend_key
         )
+
+
+class LoginFrontFactory(Factory):
+    """What the IMAP and POP3 front factories share: one listener's settings and router."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        config: Config,
+        listen: ListenConfig,
+        section: IMAPConfig | POP3Config,
+        router: Router,
+        reactor: Any,
+        random: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = FrontSettings.from_section(config, listen, section)
+        self.router = router
+        self.reactor = reactor
+        self.random = random
+        self.capabilities = [c.encode("ascii") for c in section.capabilities]
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)

@@ -17,7 +17,6 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.protocol import Factory
 from typing_extensions import override
 
 from relaygate.config import Config, ListenConfig
@@ -26,9 +25,9 @@ from relaygate.login import (
     BackendClient,
     BackendError,
     Credentials,
-    FrontSettings,
     LoggedIn,
     LoginFront,
+    LoginFrontFactory,
     LoginOutcome,
     Refused,
     decode_base64,
@@ -319,10 +318,8 @@ def _error_text(answer: bytes) -> bytes:
     return answer[4:].lstrip(b" ") or b"Authentication failed"
 
 
-class POP3FrontFactory(Factory):
+class POP3FrontFactory(LoginFrontFactory):
     """Builds L{POP3Front}s for one listener from the C{[pop3]} section."""
-
-    noisy = False
 
     def __init__(
         self,
@@ -332,11 +329,7 @@ class POP3FrontFactory(Factory):
         reactor: Any,
         random: Callable[[], int] | None = None,
     ) -> None:
-        self.settings = FrontSettings.from_section(config, listen, config.pop3)
-        self.router = router
-        self.reactor = reactor
-        self.random = random
-        self.capabilities = [c.encode("ascii") for c in config.pop3.capabilities]
+        super().__init__(config, listen, config.pop3, router, reactor, random)
 
     @override
     def buildProtocol(self, addr: Any) -> POP3Front:
