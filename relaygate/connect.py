@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 
-from relaygate.config import HostPort
+from relaygate.addresses import HostPort
 from relaygate.proxy_protocol import PreambleEndpoint
 
 

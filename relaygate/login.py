@@ -29,7 +29,6 @@ from typing import Any, ClassVar
 
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -47,7 +46,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import Config, HostPort, IMAPConfig, ListenConfig, POP3Config
+from relaygate.addresses import ClientAddress, HostPort, client_address
+from relaygate.config import Config, IMAPConfig, ListenConfig, POP3Config
 from relaygate.connect import client_endpoint
 from relaygate.listeners import server_tls_for
 from relaygate.policy import limits_for
@@ -75,29 +75,6 @@ class BackendError(Exception):
 
 class BackendTLSError(BackendError):
     """TLS to the backend is not offered where required, or its handshake or check failed."""
-
-
-@dataclass(frozen=True)
-class ClientAddress:
-    """Where the client connected from and to, as the backend should be told."""
-
-    ip: str
-    port: int
-    local_ip: str
-    local_port: int
-
-
-def client_address(peer: object, host: object) -> ClientAddress:
-    """Build a L{ClientAddress} from a transport's C{getPeer()} and C{getHost()}."""
-
-    def split(address: object) -> tuple[str, int]:
-        if isinstance(address, IPv4Address | IPv6Address):
-            return address.host, address.port
-        return "", 0
-
-    ip, port = split(peer)
-    local_ip, local_port = split(host)
-    return ClientAddress(ip, port, local_ip, local_port)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import Config, HostPort, ListenConfig, load
+from relaygate.addresses import HostPort
+from relaygate.config import Config, ListenConfig, load
 from relaygate.tls import ReloadOnSIGHUP
 
 RESTART_DELAY = 1.0

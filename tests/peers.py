@@ -46,7 +46,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from typing_extensions import override
 from zope.interface import alsoProvides, providedBy
 
-from relaygate.config import Config, HostPort, parse
+from relaygate.addresses import HostPort
+from relaygate.config import Config, parse
 from relaygate.service import build_service
 from relaygate.smtp.front import SMTPFrontFactory
 

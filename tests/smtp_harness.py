@@ -10,7 +10,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from relaygate.config import HostPort, parse
+from relaygate.addresses import HostPort
+from relaygate.config import parse
 from relaygate.routing.router import Accept, AuthRequest, Decision
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 

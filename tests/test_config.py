@@ -8,7 +8,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.config import ConfigError, HostPort, load, parse, parse_host_port
+from relaygate.addresses import HostPort, parse_host_port
+from relaygate.config import ConfigError, load, parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ETC = os.path.join(os.path.dirname(HERE), "etc")

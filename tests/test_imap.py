@@ -15,7 +15,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaygate.config import HostPort
+from relaygate.addresses import HostPort
 from relaygate.imap import IMAPFront, IMAPFrontFactory
 from relaygate.imap_syntax import Command, Continue, Invalid, astring, parse_command, parse_line
 from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable

@@ -31,7 +31,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import Config, ConfigError, HostPort, ListenConfig
+from relaygate.addresses import HostPort
+from relaygate.config import Config, ConfigError, ListenConfig
 from relaygate.imap import IMAPFrontFactory
 from relaygate.listeners import server_tls_for
 from relaygate.login import LoginFront

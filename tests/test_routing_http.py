@@ -26,7 +26,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from relaygate.config import AuthConfig, HostPort
+from relaygate.addresses import HostPort
+from relaygate.config import AuthConfig
 from relaygate.routing.http import (
     HTTPRouter,
     escape_auth_value,

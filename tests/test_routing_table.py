@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.config import HostPort, RouteConfig
+from relaygate.addresses import HostPort
+from relaygate.config import RouteConfig
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse
 from relaygate.routing.table import TableRouter
 

@@ -18,7 +18,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
-from relaygate.config import Config, HostPort, load
+from relaygate.addresses import HostPort
+from relaygate.config import Config, load
 from tests.authservice import AuthService, hang, ok_to, refuse, start_auth_service
 from tests.peers import (
     Relay,

@@ -38,7 +38,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate import config as config_module
-from relaygate.config import Config, ConfigError, HostPort, ListenConfig, TLSConfig
+from relaygate.addresses import HostPort
+from relaygate.config import Config, ConfigError, ListenConfig, TLSConfig
 from relaygate.listeners import (
     reload_certificates,
     server_endpoint,

@@ -16,7 +16,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from relaygate.config import HostPort, load
+from relaygate.addresses import HostPort
+from relaygate.config import load
 from relaygate.demo import DemoFactory
 from relaygate.workers import WorkerPool, bind_listener
 

@@ -37,7 +37,8 @@ from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import AuthConfig, HostPort
+from relaygate.addresses import HostPort
+from relaygate.config import AuthConfig
 from relaygate.connect import client_endpoint
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
 from relaygate.tls import https_policy

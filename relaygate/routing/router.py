@@ -11,7 +11,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from relaygate.config import HostPort
+from relaygate.addresses import HostPort
 
 
 @dataclass(frozen=True)

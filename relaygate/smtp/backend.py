@@ -33,8 +33,9 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import HostPort
+from relaygate.addresses import HostPort
 from relaygate.connect import client_endpoint, set_no_delay
+from relaygate.smtp.replies import Reply
 from relaygate.tls import tls_facts
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
@@ -50,36 +51,6 @@ class RelayTransport(Protocol):
     def resumeProducing(self) -> None: ...
     def registerProducer(self, producer: Any, streaming: bool) -> None: ...
     def unregisterProducer(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One SMTP reply: its code and its text lines (without the code prefix)."""
-
-    code: int
-    lines: tuple[bytes, ...] = (b"",)
-
-    @property
-    def ok(self) -> bool:
-        """True for a 2xx reply."""
-        return 200 <= self.code < 300
-
-    @property
-    def text(self) -> bytes:
-        """The lines joined with LF, as L{smtp.SMTP.sendCode} takes them."""
-        return b"\n".join(self.lines)
-
-    def to_wire(self) -> bytes:
-        """The reply as sent on the wire: C{250-first}, ..., C{250 last}, CRLF after each."""
-        code = b"%03d" % self.code
-        *first, last = self.lines
-        return (
-            b"".join(code + b"-" + line + b"\r\n" for line in first) + code + b" " + last + b"\r\n"
-        )
-
-    def summary(self) -> str:
-        """The code and first line, for logs."""
-        return f"{self.code} {self.lines[0].decode('utf-8', 'replace')}"
 
 
 class BackendError(Exception):

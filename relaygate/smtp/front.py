@@ -39,7 +39,8 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import Config, HostPort, ListenConfig
+from relaygate.addresses import HostPort
+from relaygate.config import Config, ListenConfig
 from relaygate.connect import set_no_delay
 from relaygate.listeners import server_tls_for
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
@@ -58,7 +59,6 @@ from relaygate.smtp.backend import (
     BackendTLSError,
     BackendTLSNotOffered,
     RelayTransport,
-    Reply,
     connect_backend,
 )
 from relaygate.smtp.data import BodyFault, BodyScanner
@@ -93,6 +93,7 @@ from relaygate.smtp.replies import (
     R_TOO_MANY_RCPTS,
     R_UNKNOWN,
     R_VRFY,
+    Reply,
 )
 from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
 from relaygate.smtp.submission import BackendLoginRefused, Submission

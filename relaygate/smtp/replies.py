@@ -1,11 +1,43 @@
-"""The replies the SMTP front gives itself; texts follow Postfix and nginx where they have one.
+"""SMTP replies: the L{Reply} value, and the replies the SMTP front gives itself.
 
-Every other reply a client sees is the backend's own (docs/smtp.md lists both kinds).
+Texts follow Postfix and nginx where they have one. Every other reply a client sees is the
+backend's own (docs/smtp.md lists both kinds). A leaf module: it imports nothing of relaygate's.
 """
 
 from __future__ import annotations
 
-from relaygate.smtp.backend import Reply
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: its code and its text lines (without the code prefix)."""
+
+    code: int
+    lines: tuple[bytes, ...] = (b"",)
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx reply."""
+        return 200 <= self.code < 300
+
+    @property
+    def text(self) -> bytes:
+        """The lines joined with LF, as L{smtp.SMTP.sendCode} takes them."""
+        return b"\n".join(self.lines)
+
+    def to_wire(self) -> bytes:
+        """The reply as sent on the wire: C{250-first}, ..., C{250 last}, CRLF after each."""
+        code = b"%03d" % self.code
+        *first, last = self.lines
+        return (
+            b"".join(code + b"-" + line + b"\r\n" for line in first) + code + b" " + last + b"\r\n"
+        )
+
+    def summary(self) -> str:
+        """The code and first line, for logs."""
+        return f"{self.code} {self.lines[0].decode('utf-8', 'replace')}"
+
 
 R_OK = Reply(250, (b"2.0.0 Ok",))
 R_SENDER_OK = Reply(250, (b"2.1.0 Ok",))

@@ -17,7 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from relaygate.smtp.backend import Reply
+from relaygate.smtp.replies import Reply
 
 MECHANISMS: Final = {"PLAIN": "plain", "LOGIN": "login", "CRAM-MD5": "cram-md5"}
 """AUTH mechanism names (as clients send them) to nginx's C{Auth-Method} names; EXTERNAL apart."""

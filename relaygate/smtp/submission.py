@@ -21,13 +21,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.mail import smtp
 
-from relaygate.config import HostPort
+from relaygate.addresses import HostPort
 from relaygate.login import make_salt, printable
 from relaygate.policy import Limits, limits_for
 from relaygate.proxy_protocol import encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ProxyAddresses, Refuse, RouterUnavailable
-from relaygate.smtp.backend import BackendClient, BackendError, Reply
-from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE
+from relaygate.smtp.backend import BackendClient, BackendError
+from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE, Reply
 from relaygate.smtp.sasl import (
     MAX_USER,
     MECHANISMS,
