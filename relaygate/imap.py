@@ -20,7 +20,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import (
     Arg,
     Command,

@@ -14,8 +14,10 @@ from twisted.application.service import IService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, wrapServerTLS
 from twisted.internet.interfaces import IReactorFromThreads, IStreamServerEndpoint
 
-from relaygate.config import Config, ListenConfig
-from relaygate.tls import ReloadOnSIGHUP, ServerTLS
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.tls.reload import ReloadOnSIGHUP
+from relaygate.tls.server import ServerTLS
 
 # Keyed by identity, not by value: a config is loaded once and its listeners compared as
 # objects, and this must not depend on every config dataclass staying hashable.
@@ -38,8 +40,8 @@ def server_tls_for(listen: ListenConfig, config: Config) -> ServerTLS | None:
     The fronts call this for STARTTLS; its C{handshake_timeout} and C{verify_client} are the
     configured values they enforce.
 
-    @raise relaygate.tls.CertificateError: when the certificates cannot be loaded (the config
-        check loads them first, so this means they changed since).
+    @raise relaygate.tls.errors.CertificateError: when the certificates cannot be loaded (the
+        config check loads them first, so this means they changed since).
     """
     if listen.tls == "none":
         return None

@@ -47,22 +47,19 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import ClientAddress, HostPort, client_address
-from relaygate.config import Config, IMAPConfig, ListenConfig, POP3Config
+from relaygate.config.login import IMAPConfig, POP3Config
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.connect import client_endpoint
 from relaygate.listeners import server_tls_for
 from relaygate.policy import limits_for
 from relaygate.proxy_protocol import encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ClientTLS, Refuse, Router
 from relaygate.splice import Splice, SpliceEnd
-from relaygate.tls import (
-    CERTIFICATE_REPLIES,
-    CertificateProblem,
-    HandshakeResult,
-    HandshakeTimer,
-    ServerTLS,
-    backend_tls_creator,
-    tls_facts,
-)
+from relaygate.tls.client import backend_tls_creator
+from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem, tls_facts
+from relaygate.tls.handshake import HandshakeResult, HandshakeTimer
+from relaygate.tls.server import ServerTLS
 
 # A module-level logger: as a class attribute, Logger would replace the namespace with the
 # class's name, and operators filter the access log by this namespace.

@@ -19,7 +19,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import Invalid, parse_line
 from relaygate.login import (
     BackendClient,

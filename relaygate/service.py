@@ -10,7 +10,8 @@ from twisted.application.service import MultiService
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.listeners import server_endpoint, tls_reload_service
 from relaygate.policy import LimitedFactory, new_limits
 from relaygate.routing.router import Router

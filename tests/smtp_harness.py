@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from relaygate.addresses import HostPort
-from relaygate.config import parse
+from relaygate.config.load import parse
 from relaygate.routing.router import Accept, AuthRequest, Decision
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 

@@ -32,7 +32,9 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ConfigError, ListenConfig
+from relaygate.config.errors import ConfigError
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap import IMAPFrontFactory
 from relaygate.listeners import server_tls_for
 from relaygate.login import LoginFront
@@ -40,7 +42,8 @@ from relaygate.pop3 import POP3FrontFactory
 from relaygate.routing.router import Accept, AuthRequest, Router
 from relaygate.routing.table import TableRouter
 from relaygate.service import build_service
-from relaygate.tls import ServerTLS, trust_root
+from relaygate.tls.client import trust_root
+from relaygate.tls.server import ServerTLS
 from tests.certs import PKI, Issued, issue, make_pki
 from tests.dovecot import Dovecot, dovecot_for
 from tests.fronts import (

@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.addresses import HostPort
-from relaygate.config import LimitsConfig
+from relaygate.config.limits import LimitsConfig
 from relaygate.imap import IMAPFrontFactory
 from relaygate.policy import AUTH_FAILURES, HOUR, LimitedFactory, Limits, MemoryLimitStore
 from relaygate.pop3 import POP3FrontFactory

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.addresses import HostPort
-from relaygate.config import ConfigError
+from relaygate.config.errors import ConfigError
 from relaygate.pop3 import POP3Front, POP3FrontFactory
 from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
 from relaygate.routing.table import TableRouter

@@ -32,10 +32,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from typing_extensions import override
 
-from relaygate.config import TLSConfig, parse
+from relaygate.config.load import parse
+from relaygate.config.tls import TLSConfig
 from relaygate.smtp.backend import BackendClient
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
-from relaygate.tls import ServerTLS
+from relaygate.tls.server import ServerTLS
 from tests.authservice import ok_to, start_auth_service
 from tests.certs import PKI, Issued, issue, make_pki
 from tests.peers import run_swaks, start_relay

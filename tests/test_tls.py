@@ -37,9 +37,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate import config as config_module
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ConfigError, ListenConfig, TLSConfig
+from relaygate.config import load as config_load
+from relaygate.config.errors import ConfigError
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.config.tls import TLSConfig
 from relaygate.listeners import (
     reload_certificates,
     server_endpoint,
@@ -47,22 +50,19 @@ from relaygate.listeners import (
     tls_reload_service,
 )
 from relaygate.routing.router import ClientTLS
-from relaygate.tls import (
+from relaygate.tls.client import backend_tls_creator, https_policy
+from relaygate.tls.facts import (
     CERTIFICATE_REPLIES,
-    ALPNMismatch,
-    HandshakeResult,
-    HandshakeTimer,
-    ReloadOnSIGHUP,
-    ServerTLS,
-    backend_tls_creator,
     certificate_problem,
     client_tls_info,
-    https_policy,
-    normalise_server_name,
     rfc2253_name,
     serial_hex,
     tls_facts,
 )
+from relaygate.tls.handshake import HandshakeResult, HandshakeTimer
+from relaygate.tls.names import normalise_server_name
+from relaygate.tls.reload import ReloadOnSIGHUP
+from relaygate.tls.server import ALPNMismatch, ServerTLS
 from tests.certs import PKI, Issued, issue, make_pki
 
 reactor: Any = _global_reactor
@@ -657,7 +657,7 @@ def parse_config(directory: str, tls: dict[str, Any], listen_tls: str = "implici
         "tls": tls,
         "route": [{"match": "*", "backends": ["127.0.0.1:25"]}],
     }
-    return config_module.parse(data, os.path.join(directory, "relaygate.toml"))
+    return config_load.parse(data, os.path.join(directory, "relaygate.toml"))
 
 
 class ConfigTests(PKITestCase):

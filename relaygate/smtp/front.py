@@ -40,7 +40,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.connect import set_no_delay
 from relaygate.listeners import server_tls_for
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
@@ -98,13 +99,10 @@ from relaygate.smtp.replies import (
 from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import xclient_commands
-from relaygate.tls import (
-    CERTIFICATE_REPLIES,
-    CertificateProblem,
-    HandshakeTimer,
-    ServerTLS,
-    backend_tls_creator,
-)
+from relaygate.tls.client import backend_tls_creator
+from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem
+from relaygate.tls.handshake import HandshakeTimer
+from relaygate.tls.server import ServerTLS
 
 _session_ids = itertools.count(1)
 _BUFFER_LIMIT = 65536
