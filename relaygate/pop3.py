@@ -37,6 +37,7 @@ from relaygate.login import (
     split_plain,
 )
 from relaygate.routing.router import Router
+from relaygate.tls.server import ServerTLS
 
 _SASL = {b"PLAIN": "plain", b"LOGIN": "login", b"CRAM-MD5": "cram-md5", b"EXTERNAL": "external"}
 
@@ -329,8 +330,12 @@ class POP3FrontFactory(LoginFrontFactory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        super().__init__(config, listen, config.pop3, router, reactor, random)
+        super().__init__(
+            config, listen, config.pop3, router, reactor, random, server_tls=server_tls
+        )
 
     @override
     def buildProtocol(self, addr: Any) -> POP3Front:

@@ -44,9 +44,9 @@ from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.config.tls import TLSConfig
 from relaygate.listeners import (
+    new_server_tls,
     reload_certificates,
     server_endpoint,
-    server_tls_for,
     tls_reload_service,
 )
 from relaygate.routing.router import ClientTLS
@@ -772,16 +772,17 @@ class ConfigTests(PKITestCase):
             config = parse_config(self.pki.directory, {"certificate": "server.pem"}, mode)
             self.assertEqual(config.listen[0].tls, mode)
 
-    def test_server_tls_built_once_per_listener(self) -> None:
-        """L{server_tls_for} returns the same creator each time, and None for plain listeners."""
+    def test_server_tls_for_tls_listeners_only(self) -> None:
+        """L{new_server_tls} builds a creator for a TLS listener and None for a plain one."""
         config = parse_config(self.pki.directory, {"certificate": "server.pem"})
-        first = server_tls_for(config.listen[0], config)
+        first = new_server_tls(config.listen[0], config)
+        assert first is not None
         self.assertIsInstance(first, ServerTLS)
-        self.assertIs(server_tls_for(config.listen[0], config), first)
         plain = dataclasses.replace(config.listen[0], tls="none")
-        self.assertIsNone(server_tls_for(plain, config))
-        self.assertTrue(reload_certificates(config))
-        self.assertIsInstance(tls_reload_service(config, reactor), ReloadOnSIGHUP)
+        self.assertIsNone(new_server_tls(plain, config))
+        self.assertTrue(reload_certificates([first]))
+        self.assertIsInstance(tls_reload_service([first], reactor), ReloadOnSIGHUP)
+        self.assertIsNone(tls_reload_service([], reactor))
 
 
 class Echo(Protocol):
@@ -819,7 +820,8 @@ class ListenerTests(TestCase):
         config = dataclasses.replace(config, listen=(listen,))
         self.infos: list[ClientTLS | None] = []
         factory = Factory.forProtocol(lambda: Echo(self.infos))
-        port: IListeningPort = await server_endpoint(listen, config, reactor).listen(factory)
+        endpoint = server_endpoint(listen, config, reactor, new_server_tls(listen, config))
+        port: IListeningPort = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)
