@@ -9,9 +9,9 @@ directory is new each run, and a failure prints the example that reproduces it.
 
 from __future__ import annotations
 
-import os
-
 from hypothesis import HealthCheck, settings
+
+from tests.peers import in_ci
 
 settings.register_profile(
     "relaygate",
@@ -23,4 +23,4 @@ settings.register_profile(
 settings.register_profile(
     "relaygate-ci", parent=settings.get_profile("relaygate"), derandomize=True
 )
-settings.load_profile("relaygate-ci" if os.environ.get("CI") else "relaygate")
+settings.load_profile("relaygate-ci" if in_ci() else "relaygate")
