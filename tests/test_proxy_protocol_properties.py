@@ -9,12 +9,19 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from typing_extensions import override
 
 from relaygate.proxy_protocol import (
     V2_SIGNATURE,
     HeaderError,
     ProxyHeader,
+    ProxyProtocolFactory,
+    TrustedNetworks,
     encode_header,
     parse_header,
 )
@@ -180,6 +187,54 @@ class SplitTests(SynchronousTestCase):
         self.assertEqual(_feed(_splits(data, cuts)), whole)
         for end in range(len(header)):
             self.assertIsNone(parse_header(header[:end]), header[:end])
+
+
+class _Front(Protocol):
+    """Records what reaches the front."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class _Fronts(Factory):
+    """Builds L{_Front}s and remembers each with the address it was built for."""
+
+    def __init__(self) -> None:
+        self.built: list[tuple[IAddress | None, _Front]] = []
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> _Front:
+        front = _Front()
+        self.built.append((addr, front))
+        return front
+
+
+class WrapperSplitTests(SynchronousTestCase):
+    """The inbound wrapper on a StringTransport, the header arriving in any pieces."""
+
+    @given(_headers, st.binary(max_size=40), st.lists(st.integers(0, 200), max_size=6))
+    def test_front_sees_the_same_whatever_the_split(
+        self, header: bytes, after: bytes, cuts: list[int]
+    ) -> None:
+        """The front is built once, with the header's client, and gets exactly the bytes after."""
+        inner = _Fronts()
+        factory = ProxyProtocolFactory(inner, TrustedNetworks(["127.0.0.1/32"]), 5.0, Clock())
+        peer = IPv4Address("TCP", "127.0.0.1", 5000)
+        wrapper = factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        wrapper.makeConnection(transport)
+        for chunk in _splits(header + after, cuts):
+            wrapper.dataReceived(chunk)
+        parsed = parse_header(header)
+        assert parsed is not None
+        self.assertFalse(transport.disconnecting)
+        [(address, front)] = inner.built
+        self.assertEqual(address, parsed[0].source or peer)
+        self.assertEqual(front.received, after)
 
 
 class RoundTripTests(SynchronousTestCase):
