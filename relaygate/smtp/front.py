@@ -97,7 +97,7 @@ from relaygate.smtp.replies import (
 )
 from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
 from relaygate.smtp.submission import BackendLoginRefused, Submission
-from relaygate.smtp.xclient import xclient_commands
+from relaygate.smtp.xclient import R_XCLIENT_TOO_LONG, XClientTooLong, xclient_commands
 from relaygate.tls.client import backend_tls_creator
 from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem
 from relaygate.tls.handshake import HandshakeTimer
@@ -811,6 +811,15 @@ class SMTPFront(smtp.ESMTP):
                 return tx.backend_mail
             assert self._backend is not None
             return await self._backend.command(rcpt_command)
+        except XClientTooLong as e:
+            # Nothing was sent: a cut login would name someone else (XCLIENT in docs/smtp.md).
+            self._log.warn(
+                "cannot tell the backend {client}'s login: {error}",
+                client=self.session.client,
+                error=str(e),
+            )
+            self._drop_backend()
+            return R_XCLIENT_TOO_LONG
         except BackendLoginRefused as e:
             self._log.warn(
                 "backend login failed for {client}: {error}",
