@@ -79,7 +79,7 @@ class AdvertisingTests(SynchronousTestCase):
         config = submission_config(auth=["external"], extensions=[])
         config["tls"] = {"verify_client": "optional"}
         h = FrontHarness(_with_client_ca(self, config))
-        h.front._client_tls = ClientTLS("TLSv1.3", "TLS_AES_128_GCM_SHA256", "SUCCESS")
+        h.front._facts.tls = ClientTLS("TLSv1.3", "TLS_AES_128_GCM_SHA256", "SUCCESS")
         h.replies()
         h.send(b"EHLO client.test\r\n")
         self.assertEqual(h.replies(), b"250-gw.test\r\n250 AUTH EXTERNAL\r\n")

@@ -95,7 +95,7 @@ class InputLimitTests(SynchronousTestCase):
         for _ in range(10):
             h.send(b"x" * 4096)
         self.assertEqual(h.replies(), b"500 5.5.2 Error: line too long\r\n")
-        self.assertLessEqual(len(h.front._buffer), 4096)
+        self.assertLessEqual(len(h.front._runner.queue.buffer), 4096)
         h.send(b"\r\nNOOP\r\n")
         self.assertEqual(h.replies(), b"250 2.0.0 Ok\r\n")
 
