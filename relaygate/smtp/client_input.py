@@ -155,7 +155,7 @@ class InputTarget(Protocol):
     def feed_body(self, data: bytes) -> None:
         """Body bytes, in order."""
 
-    def run_line(self, line: bytes) -> None:
+    def lineReceived(self, line: bytes) -> None:
         """One command line (or AUTH continuation), without its CRLF."""
 
     def refuse_line(self, error: LineError) -> None:
@@ -164,8 +164,8 @@ class InputTarget(Protocol):
     def answer(self, reply: Reply | None) -> None:
         """A waiting command's reply (C{None}: it already answered, or closed)."""
 
-    def reset_idle_timer(self) -> None:
-        """The client's silence starts now."""
+    def resetTimeout(self) -> None:  # noqa: N802 (TimeoutMixin's name)
+        """The client's silence starts now (L{twisted.protocols.policies.TimeoutMixin})."""
 
 
 class InputRunner:
@@ -186,7 +186,7 @@ class InputRunner:
         """Bytes from the client: queue them and run what can run."""
         waiting = self._phase.waiting
         if not waiting:
-            self._target.reset_idle_timer()
+            self._target.resetTimeout()
         if not waiting and not self.queue.buffer and self._target.in_body():
             # The DATA fast path: straight to the scanner, no copy into the line buffer.
             self._target.feed_body(data)
@@ -212,7 +212,7 @@ class InputRunner:
                 if line is None:
                     break
                 if isinstance(line, bytes):
-                    target.run_line(line)
+                    target.lineReceived(line)
                 elif line is not LineError.SKIPPED:
                     target.refuse_line(line)
         finally:
@@ -248,5 +248,5 @@ class InputRunner:
         self._phase.command_done()
         if self._phase.connected:
             # The client's silence starts now: what it waited for was the gateway.
-            self._target.reset_idle_timer()
+            self._target.resetTimeout()
             self.run()

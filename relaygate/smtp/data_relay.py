@@ -20,6 +20,33 @@ from relaygate.smtp.replies import R_BACKEND_LOST, R_BARE_NEWLINE, R_TOO_BIG, Re
 from relaygate.smtp.session_facts import Transaction
 
 
+async def open_message(
+    backend: BackendClient,
+    transaction: Transaction,
+    max_size: int,
+    pauses: ReadPauses,
+    drop_backend: Callable[[], None],
+    client: str,
+) -> MessageRelay | tuple[str, Reply]:
+    """DATA at the backend: after its 354, a started L{MessageRelay} for the body; else the
+    transaction's outcome (C{failed}, C{refused}) and the reply that ends it."""
+    try:
+        reply = await backend.command(b"DATA")
+    except BackendError:
+        drop_backend()
+        return "failed", R_BACKEND_LOST
+    if reply.code != 354:
+        return "refused", reply
+    relay = MessageRelay(backend, transaction, max_size, pauses, drop_backend, client, reply)
+    relay.start()
+    return relay
+
+
+def outcome(reply: Reply) -> str:
+    """A finished message's outcome for its transaction's record."""
+    return "delivered" if reply.ok else ("refused" if reply.code >= 500 else "failed")
+
+
 class MessageRelay:
     """One message body in flight from the client to C{backend}.
 
@@ -37,7 +64,10 @@ class MessageRelay:
         pauses: ReadPauses,
         drop_backend: Callable[[], None],
         client: str,
+        go_ahead: Reply,
     ) -> None:
+        self.go_ahead = go_ahead
+        """The backend's 354, for the client."""
         self.scanner = BodyScanner(max_size)
         self.backend: BackendClient | None = backend
         self.transaction = transaction
@@ -89,6 +119,8 @@ class MessageRelay:
 
     async def final_reply(self) -> Reply:
         """The reply to the client's final dot: the scanner's verdict, else the backend's."""
+        self.transaction.done = True
+        self.transaction.record.size = self.scanner.size
         if self.scanner.fault is BodyFault.BARE_NEWLINE:
             return R_BARE_NEWLINE
         if self.scanner.fault is BodyFault.TOO_BIG:

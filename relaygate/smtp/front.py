@@ -1,22 +1,11 @@
 """The SMTP front: a L{smtp.ESMTP} subclass that relays each transaction to one backend.
 
-It keeps ESMTP's verb dispatch (C{do_<VERB>}, C{ext_<VERB>}) and greeting, and replaces what a
-relay can't use (see DESIGN.md, "Twisted pitfalls"). The session's parts live beside it:
-
-- L{relaygate.smtp.client_input}: pipelined input is queued while a command is pending and run
-  in order when it finishes (RFC 2920), one line at a time, with the reasons reading pauses;
-- L{relaygate.smtp.data_relay}: the body moves to the backend in raw chunks through
-  L{BodyScanner} with backpressure, and the reply to the final dot is the backend's own;
-- L{relaygate.smtp.backend_leg}: routing each recipient, the backend connection with failover,
-  backend TLS, EHLO and XCLIENT;
-- L{relaygate.smtp.client_tls}: the client-side TLS gate (STARTTLS, implicit TLS, client
-  certificates), driven from the "client TLS" section below;
-- L{relaygate.smtp.submission}: AUTH, without I/O;
-- L{relaygate.smtp.phase}: the session's phase, changed in one place.
-
-Limits stay here: line length, errors, recipients, size, idle and session time, each with its
-reply. STARTTLS (RFC 3207) drops whatever the client pipelined after the command and resets
-the session, as stock C{ext_STARTTLS} does not.
+It keeps ESMTP's verb dispatch (C{do_<VERB>}, C{ext_<VERB>}), the greeting and the limits
+(line length, errors, recipients, size, idle and session time, each with its reply); see
+DESIGN.md, "Twisted pitfalls". Beside it: C{client_input} (pipelined input run in order,
+RFC 2920), C{data_relay} (the body through L{BodyScanner} to the backend), C{backend_leg}
+(routing, the backend connection and its TLS), C{client_tls} (the client-side TLS gate, driven
+from the "client TLS" section below), C{submission} (AUTH, no I/O) and C{phase}.
 """
 
 from __future__ import annotations
@@ -38,17 +27,15 @@ from relaygate.config import Config, ListenConfig
 from relaygate.connect import set_no_delay
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.policy import Limits, limits_for
-from relaygate.proxy_protocol import proxy_addresses
 from relaygate.routing.router import Router
-from relaygate.smtp.backend import CONNECTION_DONE, BackendClient, BackendError, RelayTransport
+from relaygate.smtp.backend import CONNECTION_DONE, BackendClient, RelayTransport
 from relaygate.smtp.backend_leg import BackendLeg
 from relaygate.smtp.client_input import InputRunner, LineError
 from relaygate.smtp.client_tls import ClientTLSGate, Verdict
-from relaygate.smtp.data_relay import MessageRelay
+from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
 from relaygate.smtp.phase import Phase, SessionPhase
 from relaygate.smtp.reactor import ISMTPReactor, smtp_reactor
 from relaygate.smtp.replies import (
-    R_BACKEND_LOST,
     R_BAD_CHARS,
     R_HELO_SYNTAX,
     R_HELP,
@@ -124,21 +111,14 @@ class SMTPFront(smtp.ESMTP):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        facts = self._facts
-        peer, host = transport.getPeer(), transport.getHost()
-        facts.ip, facts.port = str(getattr(peer, "host", "")), int(getattr(peer, "port", 0))
-        facts.local_ip = str(getattr(host, "host", ""))
-        facts.local_port = int(getattr(host, "port", 0))
-        # What the listener's wrappers know: the PROXY header, the limits.
-        facts.proxy = proxy_addresses(transport)
+        self._facts.learn(transport)
         self._limits = limits_for(transport)
         self.session = SessionRecord(
             session_id=f"{os.getpid():x}.{next(_session_ids):x}",
-            client=f"{facts.ip}:{facts.port}",
+            client=self._facts.label,
             listener=self._settings.listener,
             started=self._reactor.seconds(),
         )
-        facts.label = self.session.client
         set_no_delay(transport)
         self._runner.pauses.producer = self.raw_transport
         self._session_timer = self.callLater(self._settings.session_timeout, self._session_expired)
@@ -311,10 +291,6 @@ class SMTPFront(smtp.ESMTP):
         """True while a message body is being relayed."""
         return self._body is not None
 
-    def run_line(self, line: bytes) -> None:
-        """Run one line through Twisted's dispatch (C{state_COMMAND} or C{state_AUTH})."""
-        self.lineReceived(line)
-
     def refuse_line(self, error: LineError) -> None:
         """Answer an over-long line or one with CR or NUL inside."""
         if error is LineError.TOO_LONG:
@@ -323,10 +299,6 @@ class SMTPFront(smtp.ESMTP):
             self._protocol_error(reply)
         else:
             self._protocol_error(R_BAD_CHARS)
-
-    def reset_idle_timer(self) -> None:
-        """The client's silence starts now."""
-        self.resetTimeout()
 
     @override
     def state_COMMAND(self, line: bytes) -> None:
@@ -393,16 +365,6 @@ class SMTPFront(smtp.ESMTP):
             self.send_reply(Reply(250, (self.host, *self._settings.extensions, *starttls, *auth)))
         else:
             self.send_reply(Reply(250, (self.host,)))
-
-    @override
-    def extensions(self) -> dict[bytes, list[bytes] | None]:
-        result: dict[bytes, list[bytes] | None] = {}
-        for extension in self._settings.extensions:
-            keyword, _, params = extension.partition(b" ")
-            result[keyword] = params.split() if params else None
-        if self._tls.offers_starttls():
-            result[b"STARTTLS"] = None
-        return result
 
     def do_NOOP(self, rest: bytes) -> None:
         self.send_reply(R_OK)
@@ -551,27 +513,17 @@ class SMTPFront(smtp.ESMTP):
             return
         self._runner.start(self._data(tx, backend))
 
-    async def _data(self, tx: Transaction, backend: BackendClient) -> Reply | None:
-        try:
-            reply = await backend.command(b"DATA")
-        except BackendError:
-            self._leg.drop()
-            self._end_transaction("failed", R_BACKEND_LOST.summary())
-            return R_BACKEND_LOST
-        if reply.code != 354:
-            self._end_transaction("refused", reply.summary())
-            return reply
-        self._body = MessageRelay(
-            backend,
-            tx,
-            self._settings.max_message_size,
-            self._runner.pauses,
-            self._leg.drop,
-            self.session.client,
+    async def _data(self, tx: Transaction, backend: BackendClient) -> Reply:
+        settings, pauses = self._settings, self._runner.pauses
+        opened = await open_message(
+            backend, tx, settings.max_message_size, pauses, self._leg.drop, self.session.client
         )
-        self._body.start()
-        self.send_reply(reply)
-        return None
+        if isinstance(opened, tuple):
+            outcome, reply = opened
+            self._end_transaction(outcome, reply.summary())
+            return reply
+        self._body = opened
+        return opened.go_ahead
 
     def feed_body(self, data: bytes) -> None:
         """Pass body bytes on to the backend; at end-of-data, wait for the backend's reply."""
@@ -591,14 +543,10 @@ class SMTPFront(smtp.ESMTP):
 
     async def _message_done(self, relay: MessageRelay) -> Reply:
         """The final reply to a message, and its transaction's record."""
-        tx = relay.transaction
-        tx.done = True
-        tx.record.size = relay.scanner.size
         reply = await relay.final_reply()
         if reply.ok:
             self.session.delivered += 1
-        outcome = "delivered" if reply.ok else ("refused" if reply.code >= 500 else "failed")
-        self._end_transaction(outcome, reply.summary())
+        self._end_transaction(outcome(reply), reply.summary())
         if not self._phase.connected:
             self._leg.drop()
         return reply
@@ -613,10 +561,7 @@ class SMTPFront(smtp.ESMTP):
             if backend is not None and backend.is_open:
                 # Keeps the backend in step for the next transaction on this connection.
                 backend.command(b"RSET").addErrback(lambda _: None)
-        self.session.transactions += 1
-        tx.record.outcome = outcome
-        tx.record.final = final
-        tx.record.emit(self.session, self._reactor.seconds())
+        tx.finish(self.session, outcome, final, self._reactor.seconds())
 
 
 class SMTPFrontFactory(ServerFactory):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from twisted.internet.interfaces import ITransport
+
 from relaygate.addresses import HostPort
-from relaygate.observe import TransactionRecord
+from relaygate.observe import SessionRecord, TransactionRecord
+from relaygate.proxy_protocol import proxy_addresses
 from relaygate.routing.router import ClientTLS, ProxyAddresses
 from relaygate.smtp.replies import Reply
 
@@ -28,6 +31,16 @@ class ClientFacts:
     tls: ClientTLS | None = None
     proxy: ProxyAddresses | None = None
 
+    def learn(self, transport: ITransport) -> None:
+        """Take the addresses from a new connection's transport, and what the listener's
+        wrappers know (the PROXY header)."""
+        peer, host = transport.getPeer(), transport.getHost()
+        self.ip, self.port = str(getattr(peer, "host", "")), int(getattr(peer, "port", 0))
+        self.local_ip = str(getattr(host, "host", ""))
+        self.local_port = int(getattr(host, "port", 0))
+        self.label = f"{self.ip}:{self.port}"
+        self.proxy = proxy_addresses(transport)
+
 
 @dataclass
 class Transaction:
@@ -43,6 +56,13 @@ class Transaction:
     accepted: int = 0
     recipients: int = 0
     done: bool = False
+
+    def finish(self, session: SessionRecord, outcome: str, final: str, now: float) -> None:
+        """Close this transaction's record and log it."""
+        session.transactions += 1
+        self.record.outcome = outcome
+        self.record.final = final
+        self.record.emit(session, now)
 
 
 def bracket_path(path: bytes) -> bytes:
