@@ -3,7 +3,7 @@ backends connected through a L{MemoryReactorClock} whose replies the test writes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -11,7 +11,9 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from relaygate.addresses import HostPort
-from relaygate.config import parse
+from relaygate.config.load import parse
+from relaygate.listeners import new_server_tls
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Decision
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 
@@ -71,7 +73,14 @@ class FrontHarness:
         self.reactor = MemoryReactorClock()
         self.router = FakeRouter()
         loaded = parse(config or make_config(), "test.toml")
-        factory = SMTPFrontFactory(loaded, loaded.listen[0], self.router, self.reactor)
+        server_tls = new_server_tls(loaded.listen[0], loaded)
+        factory = SMTPFrontFactory(
+            loaded,
+            loaded.listen[0],
+            self.router,
+            cast(IGatewayReactor, self.reactor),
+            server_tls=server_tls,
+        )
         peer = IPv4Address("TCP", client_ip, 40000)
         self.front: SMTPFront = factory.buildProtocol(peer)
         self.client = StringTransport(

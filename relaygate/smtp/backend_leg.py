@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from relaygate.addresses import HostPort
 from relaygate.proxy_protocol import encode_header
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
 from relaygate.smtp.backend import (
     BackendClient,
@@ -24,7 +25,6 @@ from relaygate.smtp.backend import (
     BackendTLSNotOffered,
     connect_backend,
 )
-from relaygate.smtp.reactor import ISMTPReactor
 from relaygate.smtp.replies import (
     R_AUTH_SERVICE,
     R_BACKEND_DOWN,
@@ -40,7 +40,7 @@ from relaygate.smtp.session_facts import ClientFacts, Transaction
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import xclient_commands
-from relaygate.tls import backend_tls_creator
+from relaygate.tls.client import backend_tls_creator
 
 
 def backend_tls_for(settings: SMTPSettings, backend: HostPort) -> IOpenSSLClientConnectionCreator:
@@ -59,7 +59,7 @@ class BackendLeg:
         self,
         settings: SMTPSettings,
         router: Router,
-        reactor: ISMTPReactor,
+        reactor: IGatewayReactor,
         facts: ClientFacts,
         submission: Submission,
     ) -> None:

@@ -16,13 +16,9 @@ from twisted.logger import Logger
 
 from relaygate.observe import SessionRecord
 from relaygate.smtp.replies import R_NOT_AVAILABLE, R_STARTTLS_SYNTAX, R_TLS_ACTIVE, Reply
-from relaygate.tls import (
-    CERTIFICATE_REPLIES,
-    CertificateProblem,
-    HandshakeResult,
-    HandshakeTimer,
-    ServerTLS,
-)
+from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem
+from relaygate.tls.handshake import HandshakeResult, HandshakeTimer
+from relaygate.tls.server import ServerTLS
 
 _STARTTLS_MODES = ("starttls", "starttls-required")
 

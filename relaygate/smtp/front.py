@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from twisted.internet import error as net_error
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -23,10 +23,12 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.connect import set_no_delay
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.policy import Limits, limits_for
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
 from relaygate.smtp.backend import CONNECTION_DONE, BackendClient, RelayTransport
 from relaygate.smtp.backend_leg import BackendLeg
@@ -34,7 +36,6 @@ from relaygate.smtp.client_input import InputRunner, LineError
 from relaygate.smtp.client_tls import ClientTLSGate, Verdict
 from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
 from relaygate.smtp.phase import Phase, SessionPhase
-from relaygate.smtp.reactor import ISMTPReactor, smtp_reactor
 from relaygate.smtp.replies import (
     R_BAD_CHARS,
     R_HELO_SYNTAX,
@@ -67,7 +68,8 @@ from relaygate.smtp.session_facts import (
 )
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
-from relaygate.tls import CertificateProblem
+from relaygate.tls.facts import CertificateProblem
+from relaygate.tls.server import ServerTLS
 
 _session_ids = itertools.count(1)
 
@@ -80,7 +82,7 @@ class SMTPFront(smtp.ESMTP):
 
     _log = Logger()
 
-    def __init__(self, settings: SMTPSettings, router: Router, reactor: ISMTPReactor) -> None:
+    def __init__(self, settings: SMTPSettings, router: Router, reactor: IGatewayReactor) -> None:
         super().__init__()
         self.host = settings.name
         self.timeout = settings.idle_timeout  # type: ignore[assignment]
@@ -570,11 +572,17 @@ class SMTPFrontFactory(ServerFactory):
     noisy = False
 
     def __init__(
-        self, config: Config, listen: ListenConfig, router: Router, reactor: IReactorTime
+        self,
+        config: Config,
+        listen: ListenConfig,
+        router: Router,
+        reactor: IGatewayReactor,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        self.settings = SMTPSettings.from_config(config, listen)
+        self.settings = SMTPSettings.from_config(config, listen, server_tls)
         self.router = router
-        self.reactor = smtp_reactor(reactor)
+        self.reactor = reactor
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> SMTPFront:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from relaygate.config import Config, ListenConfig
-from relaygate.listeners import server_tls_for
-from relaygate.tls import ServerTLS
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.tls.server import ServerTLS
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,11 @@ class SMTPSettings:
     backend_proxy_protocol: str = "none"
 
     @classmethod
-    def from_config(cls, config: Config, listen: ListenConfig) -> SMTPSettings:
-        """Take the SMTP front's settings for C{listen} from C{config}."""
+    def from_config(
+        cls, config: Config, listen: ListenConfig, server_tls: ServerTLS | None
+    ) -> SMTPSettings:
+        """Take the SMTP front's settings for C{listen} from C{config}; C{server_tls} is the
+        listener's server TLS context, built by the service."""
         smtp_config = config.smtp
         extensions = []
         for name in smtp_config.extensions:
@@ -65,7 +68,7 @@ class SMTPSettings:
             extensions=tuple(extensions),
             xclient=smtp_config.xclient,
             tls_mode=listen.tls,
-            server_tls=server_tls_for(listen, config),
+            server_tls=server_tls,
             backend_tls=smtp_config.backend_tls,
             backend_ca=smtp_config.backend_ca,
             backend_certificate=smtp_config.backend_certificate,
