@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -307,3 +309,27 @@ class OutboundProxyTests(SynchronousTestCase):
         h.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
         backend = h.connect_backend(greeting=b"")
         self.assertEqual(backend.received(), b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 2525\r\n")
+
+
+class UnhandledFailureTests(SynchronousTestCase):
+    """No backend reply's Deferred is left with an unhandled failure (issue #11, defect 4)."""
+
+    def test_client_leaves_while_mail_and_rcpt_wait(self) -> None:
+        """The client goes while its pipelined MAIL and RCPT wait; then the backend drops.
+
+        Trial fails a test that leaves an "Unhandled error in Deferred" behind; collecting
+        garbage here makes any such Deferred report now rather than in a later test.
+        """
+        h = FrontHarness()
+        h.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+        backend = h.connect_backend()
+        backend.received()
+        backend.reply(b"250-backend\r\n250 PIPELINING\r\n")
+        self.assertEqual(
+            backend.received(), b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n"
+        )
+        h.front.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(backend.received(), b"QUIT\r\n")
+        backend.protocol.connectionLost(Failure(ConnectionLost()))
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -132,9 +132,10 @@ class BackendLeg:
                     mail_reply, rcpt_reply = backend.commands([mail_command, rcpt_command])
                     try:
                         tx.backend_mail = await mail_reply
-                    except BackendError:
-                        # The RCPT's reply failed the same way: consume it, or it is logged as
-                        # an unhandled error in Deferred.
+                    except BaseException:
+                        # The RCPT's reply is never awaited now: the MAIL failed (so will it),
+                        # or the client left and the wait was cancelled (the backend may still
+                        # drop it). Consume it, or it is logged as an unhandled error.
                         rcpt_reply.addErrback(lambda _: None)
                         raise
                     reply = await rcpt_reply
