@@ -320,3 +320,26 @@ class InputRunnerTests(SynchronousTestCase):
         run.start(broken())
         self.assertEqual(target.answers, [R_INTERNAL])
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_failure_after_the_reply_is_logged(self) -> None:
+        """An error raised while running the input queued behind a command is logged once and
+        leaves no failure in the command's Deferred (issue #11, defect 4)."""
+        run, target, _ = runner()
+        waiting: Deferred[Reply | None] = Deferred()
+
+        async def work() -> Reply | None:
+            return await waiting
+
+        def broken(line: bytes) -> None:
+            raise ValueError(line)
+
+        run.start(work())
+        chain = run.pending
+        assert chain is not None
+        run.received(b"NOOP\r\n")
+        target.lineReceived = broken  # type: ignore[method-assign]
+        waiting.callback(R_OK)
+        self.assertIsNone(self.successResultOf(chain))
+        [logged] = self.flushLoggedErrors(ValueError)
+        self.assertEqual(logged.value.args, (b"NOOP",))
+        self.assertEqual(target.answers, [R_OK])

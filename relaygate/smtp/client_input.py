@@ -230,7 +230,9 @@ class InputRunner:
         self._phase.command_waits(final)
         done = Deferred.fromCoroutine(work)
         self.pending = done.addCallbacks(self._target.answer, self._crashed)
-        self.pending.addBoth(self._resume)
+        # The last errback: whatever answering or running the next input raised is logged
+        # here, never left in the Deferred to surface as "Unhandled error in Deferred".
+        self.pending.addBoth(self._resume).addErrback(self._unexpected)
 
     def cancel(self) -> None:
         """The session ends: cancel the waiting command, unless it is a final dot's reply."""
@@ -243,10 +245,14 @@ class InputRunner:
         self._log.failure("unexpected error in an SMTP session", failure)
         self._target.answer(R_INTERNAL)
 
-    def _resume(self, _: object) -> None:
+    def _resume(self, result: object) -> object:
         self.pending = None
         self._phase.command_done()
         if self._phase.connected:
             # The client's silence starts now: what it waited for was the gateway.
             self._target.resetTimeout()
             self.run()
+        return result
+
+    def _unexpected(self, failure: Failure) -> None:
+        self._log.failure("unexpected error after an SMTP command's reply", failure)
