@@ -27,6 +27,9 @@ from relaygate.smtp.replies import R_INTERNAL, Reply
 BUFFER_LIMIT = 65536
 """Pipelined input held behind a pending command before reading pauses."""
 
+OUTPUT = "output"
+"""The pause reason while the client's transport holds more unsent replies than its bound."""
+
 
 class LineError(enum.Enum):
     """A line the front answers as a client mistake instead of running it."""
@@ -129,6 +132,34 @@ class ReadPauses:
 
 
 @implementer(IPushProducer)
+class ClientOutput:
+    """Registered on the client's own transport: a client that does not read its replies is
+    not read either.
+
+    The transport pauses its producer while its write buffer is over its bound (for TCP its
+    C{bufferSize}, L{relaygate.connect.RELAY_BUFFER_SIZE}; over TLS the TCP transport's bound
+    on the ciphertext, through L{twisted.protocols.tls}'s producer membrane) and resumes it
+    once the buffer has drained.
+    Meanwhile reading pauses and no queued command runs, so the replies waiting for the client
+    stay bounded (as the IMAP and POP3 fronts do).
+    """
+
+    def __init__(self, runner: InputRunner) -> None:
+        self._runner = runner
+
+    def pauseProducing(self) -> None:
+        self._runner.pauses.pause(OUTPUT)
+
+    def resumeProducing(self) -> None:
+        self._runner.pauses.resume(OUTPUT)
+        self._runner.run()
+
+    def stopProducing(self) -> None:
+        # The connection is going; the front cleans up in connectionLost.
+        self._runner.pauses.resume(OUTPUT)
+
+
+@implementer(IPushProducer)
 class BackendPauses:
     """Registered on the backend's transport during DATA: its pauses pause the client's reads."""
 
@@ -202,7 +233,7 @@ class InputRunner:
         queue.draining = True
         target = self._target
         try:
-            while self._phase.runs_input:
+            while self._phase.runs_input and OUTPUT not in self.pauses.reasons:
                 if target.in_body():
                     if not queue.buffer:
                         break

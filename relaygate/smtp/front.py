@@ -32,7 +32,7 @@ from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
 from relaygate.smtp.backend import CONNECTION_DONE, BackendClient, RelayTransport
 from relaygate.smtp.backend_leg import BackendLeg
-from relaygate.smtp.client_input import InputRunner, LineError
+from relaygate.smtp.client_input import OUTPUT, ClientOutput, InputRunner, LineError
 from relaygate.smtp.client_tls import ClientTLSGate, Verdict
 from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
 from relaygate.smtp.phase import Phase, SessionPhase
@@ -103,6 +103,7 @@ class SMTPFront(smtp.ESMTP):
         self._session_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
         self._limits: Limits | None = None
+        self._output: ClientOutput | None = None
         self._submission = Submission(settings, reactor)
         self._leg = BackendLeg(settings, router, reactor, self._facts, self._submission)
         self.session: SessionRecord
@@ -123,6 +124,8 @@ class SMTPFront(smtp.ESMTP):
         )
         set_no_delay(transport)
         self._runner.pauses.producer = self.raw_transport
+        self._output = ClientOutput(self._runner)
+        self.raw_transport.registerProducer(self._output, True)
         self._session_timer = self.callLater(self._settings.session_timeout, self._session_expired)
         delay = self._settings.greeting_delay
         self._phase.connection_made(implicit_tls=self._tls.implicit, delay_greeting=bool(delay))
@@ -203,6 +206,12 @@ class SMTPFront(smtp.ESMTP):
         self._phase.close()
         self._clean_up()
         assert self.transport is not None
+        if self._output is not None:
+            # A transport closes (and TLS sends its close_notify) only once no producer is
+            # registered, and TLS must read the peer's: stop being its producer, read again.
+            self._output = None
+            self.raw_transport.unregisterProducer()
+            self._runner.pauses.resume(OUTPUT)
         self.transport.loseConnection()
 
     @override
