@@ -131,6 +131,12 @@ class _Producer:
     def resumeProducing(self) -> None:
         self.calls.append("resume")
 
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.calls.append("register")
+
+    def unregisterProducer(self) -> None:
+        self.calls.append("unregister")
+
 
 class _Target:
     """An input target that records what the runner hands it."""

@@ -106,11 +106,18 @@ class _Reading(Protocol):
     def resumeProducing(self) -> None: ...
 
 
+class _Transport(_Reading, Protocol):
+    """The client transport as a consumer of the session's replies, too."""
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
 class ReadPauses:
     """Why reading from the client is paused; it resumes when no reason is left."""
 
     def __init__(self) -> None:
-        self.producer: _Reading | None = None
+        self.producer: _Transport | None = None
         """The client's transport while the connection is up."""
         self.reasons: set[str] = set()
 
@@ -212,6 +219,25 @@ class InputRunner:
         """The waiting command's reply, while there is one."""
         self._target = target
         self._phase = phase
+        self._output: ClientOutput | None = None
+
+    def attach(self, transport: _Transport) -> None:
+        """Read from C{transport}, and be its producer: its write buffer's bound pauses us."""
+        self.pauses.producer = transport
+        self._output = ClientOutput(self)
+        transport.registerProducer(self._output, True)
+
+    def detach(self) -> None:
+        """The session closes: stop being the transport's producer, and read again.
+
+        A transport closes (and TLS sends its close_notify) only once no producer is
+        registered, and TLS must read the peer's close_notify.
+        """
+        transport = self.pauses.producer
+        if self._output is not None and transport is not None:
+            self._output = None
+            transport.unregisterProducer()
+            self.pauses.resume(OUTPUT)
 
     def received(self, data: bytes) -> None:
         """Bytes from the client: queue them and run what can run."""
