@@ -148,6 +148,7 @@ class _Target:
         self.answers: list[Reply | None] = []
         self.body_open = False
         self.timer_resets = 0
+        self.exhausted = 0
 
     def in_body(self) -> bool:
         return self.body_open
@@ -166,6 +167,9 @@ class _Target:
 
     def resetTimeout(self) -> None:  # noqa: N802 (TimeoutMixin's name)
         self.timer_resets += 1
+
+    def input_exhausted(self) -> None:
+        self.exhausted += 1
 
 
 def runner(max_line_length: int = 512) -> tuple[InputRunner, _Target, SessionPhase]:
@@ -439,3 +443,20 @@ class OutputBoundTests(SynchronousTestCase):
         self.assertEqual(tcp.producerState, "paused")
         membrane.resumeProducing()
         self.assertEqual(tcp.producerState, "producing")
+
+    def test_end_of_input_after_the_waiting_command(self) -> None:
+        """After a half-close the target hears that input is done only once every queued
+        line has run, behind a waiting command too."""
+        run, target, _ = runner()
+        waiting: Deferred[Reply | None] = Deferred()
+
+        async def work() -> Reply | None:
+            return await waiting
+
+        run.start(work())
+        run.received(b"A\r\nB")
+        run.end_input()
+        self.assertEqual(target.exhausted, 0)
+        waiting.callback(R_OK)
+        self.assertEqual(target.lines, [b"A"])
+        self.assertEqual(target.exhausted, 1)

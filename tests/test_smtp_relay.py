@@ -1023,3 +1023,85 @@ class ReplyBacklogTests(TestCase):
         self.assertLess(flooded, 2 * 1024 * 1024)
         self.assertEqual(finals, -(-flooded // len(line)) + 1)
         self.assertEqual(last, b"221 2.0.0 gw.test Bye")
+
+
+def _half_close_session(port: int, steps: list[bytes], last: bytes) -> tuple[list[bytes], bytes]:
+    """Run in a thread: greet, send each of C{steps} and read its reply, then write C{last},
+    shut down the sending side (SHUT_WR) and read until the gateway closes.
+
+    Returns the replies to the steps and every byte received after the half-close.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        buffer = b""
+        replies: list[bytes] = []
+        for step in [b"", *steps]:
+            sock.sendall(step)
+            reply = b""
+            while not reply:
+                while b"\r\n" not in buffer:
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed early after {replies!r}"
+                    buffer += chunk
+                line, buffer = buffer.split(b"\r\n", 1)
+                if line[3:4] == b" ":
+                    reply = line
+            replies.append(reply)
+        sock.sendall(last)
+        sock.shutdown(socket.SHUT_WR)
+        received = buffer
+        while chunk := sock.recv(65536):
+            received += chunk
+    return replies[1:], received
+
+
+class HalfCloseTests(TestCase):
+    """A client that half-closes gets every reply it is owed (issue #11, defect 5), also
+    through the limits wrapper (L{relaygate.wrapping})."""
+
+    async def start(self) -> tuple[ScriptedBackend, Relay]:
+        backend = await start_backend(self)
+        config = config_text(route("*", backend.port), "[limits]\nconnections_per_address = 5")
+        return backend, await start_relay(self, config)
+
+    async def test_body_dot_quit_then_shutdown(self) -> None:
+        """Body, dot and QUIT in one write, then SHUT_WR: the 250, the 221, one delivery."""
+        backend, relay = await self.start()
+        replies, received = await deferToThread(
+            _half_close_session,
+            relay.port,
+            [
+                b"EHLO client.test\r\n",
+                b"MAIL FROM:<alice@client.test>\r\n",
+                b"RCPT TO:<bob@x.example>\r\n",
+                b"DATA\r\n",
+            ],
+            stuff(MESSAGE) + b".\r\nQUIT\r\n",
+        )
+        self.assertEqual(
+            replies,
+            [
+                b"250 ENHANCEDSTATUSCODES",
+                b"250 2.1.0 Ok",
+                b"250 2.1.5 Ok",
+                b"354 End data with <CR><LF>.<CR><LF>",
+            ],
+        )
+        self.assertEqual(received, b"250 2.0.0 Ok: queued\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertEqual(backend.messages, [stuff(MESSAGE)])
+
+    async def test_mail_rcpt_quit_then_shutdown(self) -> None:
+        """MAIL, RCPT and QUIT in one write, then SHUT_WR: every reply, then the close."""
+        backend, relay = await self.start()
+        replies, received = await deferToThread(
+            _half_close_session,
+            relay.port,
+            [b"EHLO client.test\r\n"],
+            b"MAIL FROM:<alice@client.test>\r\nRCPT TO:<bob@x.example>\r\nQUIT\r\n",
+        )
+        self.assertEqual(replies, [b"250 ENHANCEDSTATUSCODES"])
+        self.assertEqual(received, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertEqual(
+            commands_of(backend),
+            [b"EHLO gw.test", b"MAIL FROM:<alice@client.test>", b"RCPT TO:<bob@x.example>"],
+        )
+        self.assertEqual(backend.messages, [])

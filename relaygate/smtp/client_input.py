@@ -205,6 +205,9 @@ class InputTarget(Protocol):
     def resetTimeout(self) -> None:  # noqa: N802 (TimeoutMixin's name)
         """The client's silence starts now (L{twisted.protocols.policies.TimeoutMixin})."""
 
+    def input_exhausted(self) -> None:
+        """The client half-closed and everything it sent has run and been answered."""
+
 
 class InputRunner:
     """Runs the client's input in order: one line at a time, body bytes to the relay, and
@@ -217,6 +220,8 @@ class InputRunner:
         self.pauses = ReadPauses()
         self.pending: Deferred[None] | None = None
         """The waiting command's reply, while there is one."""
+        self.input_ended = False
+        """True once the client has half-closed: no more input will come."""
         self._target = target
         self._phase = phase
         self._output: ClientOutput | None = None
@@ -258,15 +263,18 @@ class InputRunner:
             return
         queue.draining = True
         target = self._target
+        exhausted = False
         try:
             while self._phase.runs_input and OUTPUT not in self.pauses.reasons:
                 if target.in_body():
                     if not queue.buffer:
+                        exhausted = True
                         break
                     target.feed_body(queue.take())
                     continue
                 line = queue.next_line()
                 if line is None:
+                    exhausted = True
                     break
                 if isinstance(line, bytes):
                     target.lineReceived(line)
@@ -278,6 +286,14 @@ class InputRunner:
             self.pauses.pause("pipeline")
         elif not queue.over_limit:
             self.pauses.resume("pipeline")
+        if exhausted and self.input_ended:
+            # Every command the client sent before its half-close has run and been answered.
+            target.input_exhausted()
+
+    def end_input(self) -> None:
+        """The client half-closed: run what it sent, then tell the target it is all done."""
+        self.input_ended = True
+        self.run()
 
     def start(self, work: Coroutine[Any, Any, Reply | None], final: bool = False) -> None:
         """Run a command that waits (router, backend); later input waits for its reply.

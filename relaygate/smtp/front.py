@@ -18,6 +18,7 @@ from twisted.internet import error as net_error
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IHandshakeListener,
 )
 from twisted.internet.protocol import ServerFactory
@@ -79,7 +80,7 @@ from relaygate.tls.server import ServerTLS
 _session_ids = itertools.count(1)
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class SMTPFront(smtp.ESMTP):
     """One client session: answers SMTP itself until a RCPT is routed, then relays."""
 
@@ -191,6 +192,21 @@ class SMTPFront(smtp.ESMTP):
         if not final:
             self._end_transaction("abandoned", self.session.end, reset_backend=False)
             self._leg.drop()
+
+    def readConnectionLost(self) -> None:
+        """The client shut down its sending side: answer all it sent, then close (as Postfix
+        does); closing at once would lose a 250 and the client would send the message again."""
+        self._runner.end_input()
+
+    def writeConnectionLost(self) -> None:
+        """Not used: the front never half-closes its own side."""
+
+    def input_exhausted(self) -> None:
+        """The half-closed client has every reply it is owed: close."""
+        if self._phase.runs_input:
+            if not self.session.end:
+                self.session.end = "client closed"
+            self._close()
 
     def _close(self) -> None:
         """End the session: clean up, then close once what was written is sent."""
