@@ -131,7 +131,7 @@ class ChaosBackend(Protocol):
         f.records.backend_connections += 1
         number = f.connections = f.connections + 1
         rng = random.Random(f"{f.seed}:{f.name}:conn:{number}")
-        self._multiline = rng.random() < 0.2
+        self._multiline = f.faulty and rng.random() < 0.2
         self._xclient = rng.random() < 0.5
         roll = rng.random()
         self._buffer = b""
@@ -253,7 +253,8 @@ class ChaosBackend(Protocol):
         elif verb == b"MAIL":
             found = TAG.search(line)
             self._tag = found.group(1).decode() if found else "unknown"
-            self._plan = plan_for(self.factory.seed, self._tag)
+            faulty = self.factory.faulty
+            self._plan = plan_for(self.factory.seed, self._tag) if faulty else Plan()
             if self._plan.kind == "slow":
                 records.injected("slow", self._tag)
             if not self._fault_at("mail"):

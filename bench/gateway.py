@@ -88,6 +88,10 @@ class Gateway:
                         raise RuntimeError(f"port {port} never listened: {e}") from e
                 await deferLater(self._reactor, 0.05, lambda: None)
 
+    def running(self) -> bool:
+        """Whether the child is still running."""
+        return not self._child.ended.called
+
     def startup_output(self) -> str:
         """What the child printed, and its log so far (for a start-up failure)."""
         return self._child.output.decode("utf-8", "replace") + self.read_log()
