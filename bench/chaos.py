@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
@@ -78,6 +79,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rss-slack-mib", type=float, default=16.0)
     parser.add_argument("--twistd", default=DEFAULT_TWISTD)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--directory",
+        help="for the config and log, kept (default: a temporary one, removed if ok)",
+    )
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
@@ -112,7 +117,8 @@ class Soak:
         auth_port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
         self.listening.append(auth_port)
         self.port = free_port()
-        self.directory = tempfile.mkdtemp(prefix="relaygate-chaos-")
+        self.directory = self.args.directory or tempfile.mkdtemp(prefix="relaygate-chaos-")
+        os.makedirs(self.directory, exist_ok=True)
         config = CONFIG.format(
             port=self.port,
             auth=auth_port.getHost().port,
@@ -353,11 +359,11 @@ async def main(reactor: Any, argv: list[str]) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
-    if figures["ok"]:
-        shutil.rmtree(soak.directory, ignore_errors=True)
-    else:
+    if not figures["ok"]:
         print(f"gateway log kept in {soak.gateway.log_path}", flush=True)
         raise SystemExit(1)
+    if not args.directory:
+        shutil.rmtree(soak.directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 """Fuzz a real relaygate's SMTP, IMAP and POP3 listeners (plain, STARTTLS, implicit TLS).
 
 Usage: bench/fuzz.py --seconds S --seed N [--concurrency K] [--protocols smtp,imap,pop3]
-                     [--rss-limit-mib M] [--twistd PATH] [--json FILE]
+                     [--flood-seconds F] [--flood-rate R] [--rss-limit-mib M]
+                     [--twistd PATH] [--json FILE] [--directory DIR]
 
 Starts, all on 127.0.0.1: a scripted SMTP backend (bench/chaos_peers.py, without faults), fake
 IMAP and POP3 backends that log anybody in (bench/fuzz_peers.py), a test CA and server
@@ -14,9 +15,11 @@ garbage and partial ClientHellos (at the start, or after STARTTLS), and four way
 
 Afterwards, and the exit status is 1 if one fails: no traceback or unhandled error in the
 gateway's log; its RSS stayed within --rss-limit-mib of its baseline (the maximum is printed);
-its descriptors came back to their baseline; and real clients still work through it (smtplib
-plain and STARTTLS, each message checked byte for byte at the backend; imaplib over implicit
-TLS; poplib with STLS). Inputs per second and the duration are printed.
+its descriptors came back to their baseline; a client that pipelines NOOPs for --flood-seconds
+without reading a reply grows the gateway's RSS by at most 6 MiB (one per protocol); and real
+clients still work through it (smtplib plain and STARTTLS, each message checked byte for byte
+at the backend; imaplib over implicit TLS; poplib with STLS). Inputs per second and the
+duration are printed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import random
 import resource
 import shutil
 import smtplib
+import socket
 import ssl
+import struct
 import sys
 import tempfile
 import time
@@ -39,10 +44,10 @@ from collections import Counter
 from typing import Any
 
 from chaos_peers import BackendFactory, Records
-from fuzz_inputs import STARTTLS, Case, client_hellos, make_case
+from fuzz_inputs import FLOOD_LINES, STARTTLS, Case, client_hellos, make_case
 from fuzz_peers import imap_factory, pop3_factory
 from gateway import DEFAULT_TWISTD, Gateway, settle
-from loopback import free_port
+from loopback import free_port, unread_bytes, unsent_bytes
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -59,6 +64,10 @@ from tests.certs import make_pki  # noqa: E402
 PROTOCOLS = ("smtp", "imap", "pop3")
 TLS_MODES = ("none", "starttls", "implicit")
 FD_SLACK = 3
+# How much a gateway's RSS may grow while one client pipelines NOOPs for --flood-seconds and
+# never reads: a gateway that pauses such a client holds its buffers' worth (IMAP and POP3
+# grow by under 2 MiB in 10 s); one that does not grows by about 3 MiB a second (SMTP, defect 1).
+FLOOD_RSS_LIMIT_KIB = 6 * 1024
 
 CONFIG = """\
 [server]
@@ -219,7 +228,8 @@ class Fuzz:
         self.max_rss = 0
 
     async def start(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="relaygate-fuzz-")
+        self.directory = self.args.directory or tempfile.mkdtemp(prefix="relaygate-fuzz-")
+        os.makedirs(self.directory, exist_ok=True)
         pki = make_pki(os.path.join(self.directory, "pki"))
         self.ca_file = pki.ca.certificate
         with open(pki.ca.certificate, "rb") as f:
@@ -250,12 +260,16 @@ class Fuzz:
         await self.gateway.wait_listening(list(self.ports.values()))
 
     def _sample_rss(self) -> None:
-        self.max_rss = max(self.max_rss, self.gateway.rss_kib())
+        rss = self.gateway.rss_kib()
+        self.max_rss = max(self.max_rss, rss)
+        if self.reactor.seconds() >= self.next_timeline:
+            self.timeline.append(rss)
+            self.next_timeline += self.args.seconds / 10
 
     async def one_input(self, rng: random.Random, hellos: list[bytes]) -> None:
         protocol = rng.choice(self.protocols)
         tls = rng.choice(TLS_MODES)
-        case = make_case(rng, protocol, tls, hellos)
+        case = make_case(rng, protocol, tls, hellos, self.args.flood_rate)
         self.inputs[f"{protocol}/{tls}"] += 1
         self.starts[case.start] += 1
         self.endings[case.ending] += 1
@@ -333,6 +347,35 @@ class Fuzz:
         finally:
             client.close()
 
+    def _flood(self, protocol: str) -> dict[str, int]:
+        """Pipeline NOOPs at the plain listener, never reading: how much does the gateway take?
+
+        A gateway that stops reading a client that does not read its replies (issue 11,
+        defect 1) lets the kernel's buffers fill and the sender stall; one that keeps reading
+        queues every reply in memory. C{gateway_read} is what left the kernel's buffers toward
+        the gateway (its own send buffer of replies included, so a few MB either way); its
+        RSS growth is what tells. Blocking calls in a thread: this is the bench's client.
+        """
+        seconds = self.args.flood_seconds
+        block = FLOOD_LINES[protocol] * 4096
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", self.ports[protocol, "none"]))
+            sock.setblocking(False)
+            before = peak = self.gateway.rss_kib()
+            sent, deadline = 0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    sent += sock.send(block)
+                except BlockingIOError:
+                    time.sleep(0.02)
+                peak = max(peak, self.gateway.rss_kib())
+            port = self.ports[protocol, "none"]
+            queued = unsent_bytes(sock) + unread_bytes(port, sock.getsockname()[1])
+            read = sent - queued
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return {"bytes_sent": sent, "gateway_read": read, "rss_growth_kib": peak - before}
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         await self.start()
@@ -343,6 +386,8 @@ class Fuzz:
             await deferLater(self.reactor, 0.5, lambda: None)
             fds_before, rss_before = self.gateway.descriptors(), self.gateway.rss_kib()
             self.max_rss = rss_before
+            self.timeline: list[int] = []
+            self.next_timeline = self.reactor.seconds()
             sampler = LoopingCall(self._sample_rss)
             sampler.clock = self.reactor
             sampler.start(0.2)
@@ -357,10 +402,14 @@ class Fuzz:
             fds_after = await settle(
                 self.reactor, self.gateway.descriptors, fds_before, FD_SLACK, 15.0
             )
+            rss_after = self.gateway.rss_kib()
+            floods = {}
+            if self.args.flood_seconds > 0:
+                for protocol in self.protocols:
+                    floods[protocol] = await deferToThread(self._flood, protocol)
             after = await self.checks(1)
             alive = self.gateway.running()
             bad = self.gateway.bad_log_lines()
-            rss_after = self.gateway.rss_kib()
         finally:
             await self.gateway.stop()
             for port in self.listening:
@@ -373,6 +422,9 @@ class Fuzz:
             "descriptors": fds_after <= fds_before + FD_SLACK,
             "still_delivers": set(after.values()) == {"ok"},
             "gateway_alive": alive,
+            "flood_bounded": all(
+                f["rss_growth_kib"] <= FLOOD_RSS_LIMIT_KIB for f in floods.values()
+            ),
         }
         return {
             "seed": self.args.seed,
@@ -390,6 +442,8 @@ class Fuzz:
             "rss_kib_before": rss_before,
             "rss_kib_max": self.max_rss,
             "rss_kib_after": rss_after,
+            "rss_kib_every_tenth": self.timeline,
+            "flood_without_reading": floods,
             "descriptors_before": fds_before,
             "descriptors_after": fds_after,
             "checks_after": after,
@@ -408,8 +462,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--rss-limit-mib", type=float, default=64.0)
+    parser.add_argument(
+        "--flood-seconds",
+        type=float,
+        default=5.0,
+        help="per protocol, after the fuzz: pipeline NOOPs without reading (0: skip)",
+    )
+    parser.add_argument(
+        "--flood-rate", type=float, default=0.01, help="share of inputs that never read replies"
+    )
     parser.add_argument("--twistd", default=DEFAULT_TWISTD)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--directory",
+        help="for the config and log, kept (default: a temporary one, removed if ok)",
+    )
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
@@ -432,11 +499,11 @@ async def main(reactor: Any, argv: list[str]) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
-    if figures["ok"]:
-        shutil.rmtree(fuzz.directory, ignore_errors=True)
-    else:
+    if not figures["ok"]:
         print(f"gateway log kept in {fuzz.gateway.log_path}", flush=True)
         raise SystemExit(1)
+    if not args.directory:
+        shutil.rmtree(fuzz.directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

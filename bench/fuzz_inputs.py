@@ -148,10 +148,12 @@ def _chunks(rng: random.Random, data: bytes) -> list[bytes]:
 FLOOD_LINES = {"smtp": b"NOOP\r\n", "imap": b"f NOOP\r\n", "pop3": b"NOOP\r\n"}
 
 
-def make_case(rng: random.Random, protocol: str, tls: str, hellos: list[bytes]) -> Case:
+def make_case(
+    rng: random.Random, protocol: str, tls: str, hellos: list[bytes], flood_rate: float = 0.01
+) -> Case:
     """One input for a listener of PROTOCOL with TLS mode TLS."""
     names: list[str] = []
-    if tls == "none" and rng.random() < 0.01:
+    if tls == "none" and rng.random() < flood_rate:
         # A client that pipelines valid commands and never reads the replies (issue 11,
         # defect 1): the gateway must stop reading it rather than queue replies without bound.
         count = rng.choice([50_000, 200_000])

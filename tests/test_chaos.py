@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 from twisted.internet import reactor
@@ -39,12 +38,13 @@ DEFECT_5 = (
 _figures: dict[str, Any] = {}
 
 
-async def soak_figures() -> dict[str, Any]:
-    """The figures of this process's soak run (run it on first use)."""
+async def soak_figures(case: TestCase) -> dict[str, Any]:
+    """The figures of this process's soak run (run it on first use, in CASE's temp dir)."""
     if not _figures:
-        directory = tempfile.mkdtemp(prefix="relaygate-chaos-test-")
+        directory = os.path.abspath(case.mktemp())
         path = os.path.join(directory, "figures.json")
-        command = [CHAOS, "--seed", SEED, "--duration", DURATION, *ARGUMENTS, "--json", path]
+        command = [CHAOS, "--seed", SEED, "--duration", DURATION, *ARGUMENTS]
+        command += ["--directory", directory, "--json", path]
         out, err, code = await getProcessOutputAndValue(
             sys.executable, command, env=dict(os.environ), path=ROOT, reactor=reactor
         )
@@ -64,7 +64,7 @@ class ChaosSoakTests(TestCase):
     timeout = 300
 
     async def figures(self) -> dict[str, Any]:
-        figures = await soak_figures()
+        figures = await soak_figures(self)
         self.assertTrue(figures["message_states"], figures["output"])
         return figures
 
