@@ -15,7 +15,9 @@ garbage and partial ClientHellos (at the start, or after STARTTLS), and four way
 
 Afterwards, and the exit status is 1 if one fails: no traceback or unhandled error in the
 gateway's log; its RSS stayed within --rss-limit-mib of its baseline (the maximum is printed);
-its descriptors came back to their baseline; a client that pipelines NOOPs for --flood-seconds
+its descriptors came back to their baseline; a client that pipelines a few commands and then
+shuts down its sending side gets every reply it is owed (one per protocol); a client that
+pipelines NOOPs for --flood-seconds
 without reading a reply grows the gateway's RSS by at most 6 MiB (one per protocol); and real
 clients still work through it (smtplib plain and STARTTLS, each message checked byte for byte
 at the backend; imaplib over implicit TLS; poplib with STLS). Inputs per second and the
@@ -31,6 +33,7 @@ import json
 import os
 import poplib
 import random
+import re
 import resource
 import shutil
 import smtplib
@@ -64,6 +67,18 @@ from tests.certs import make_pki  # noqa: E402
 PROTOCOLS = ("smtp", "imap", "pop3")
 TLS_MODES = ("none", "starttls", "implicit")
 FD_SLACK = 3
+# Pipelined commands sent before a half-close, the pattern of a final reply line, and how many
+# such lines the client is owed (SMTP: greeting, EHLO, MAIL, RCPT from the backend, QUIT).
+HALF_CLOSE = {
+    "smtp": (
+        b"EHLO probe.test\r\nMAIL FROM:<chaos-probe-hc@fuzz.test>\r\n"
+        b"RCPT TO:<user@dest.test>\r\nQUIT\r\n",
+        re.compile(rb"\d{3} "),
+        5,
+    ),
+    "imap": (b"a CAPABILITY\r\nb NOOP\r\nc LOGOUT\r\n", re.compile(rb"[abc] OK "), 3),
+    "pop3": (b"CAPA\r\nNOOP\r\nQUIT\r\n", re.compile(rb"\+OK"), 4),
+}
 # How much a gateway's RSS may grow while one client pipelines NOOPs for --flood-seconds and
 # never reads: a gateway that pauses such a client holds its buffers' worth (IMAP and POP3
 # grow by under 2 MiB in 10 s); one that does not grows by about 3 MiB a second (SMTP, defect 1).
@@ -376,6 +391,27 @@ class Fuzz:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         return {"bytes_sent": sent, "gateway_read": read, "rss_growth_kib": peak - before}
 
+    def _half_close(self, protocol: str) -> dict[str, Any]:
+        """Pipeline a few commands, shut down the sending side, and count the replies owed.
+
+        RFC 5321 4.1.1.10, RFC 3501 and RFC 1939 answer QUIT/LOGOUT before closing, and
+        a server owes a reply to every command it read: a half-close (shutdown(SHUT_WR), as
+        some clients do after their last command) must not lose them (issue 11, defect 5).
+        """
+        commands, marker, owed = HALF_CLOSE[protocol]
+        with socket.create_connection(("127.0.0.1", self.ports[protocol, "none"]), 10) as sock:
+            sock.sendall(commands)
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except OSError as e:
+                received += f"[{type(e).__name__}]".encode()
+        lines = received.split(b"\r\n")
+        got = sum(bool(marker.match(line)) for line in lines)
+        return {"owed": owed, "got": got, "last": lines[-2:] if len(lines) > 1 else lines}
+
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         await self.start()
@@ -407,6 +443,9 @@ class Fuzz:
             if self.args.flood_seconds > 0:
                 for protocol in self.protocols:
                     floods[protocol] = await deferToThread(self._flood, protocol)
+            half_closes = {}
+            for protocol in self.protocols:
+                half_closes[protocol] = await deferToThread(self._half_close, protocol)
             after = await self.checks(1)
             alive = self.gateway.running()
             bad = self.gateway.bad_log_lines()
@@ -422,6 +461,7 @@ class Fuzz:
             "descriptors": fds_after <= fds_before + FD_SLACK,
             "still_delivers": set(after.values()) == {"ok"},
             "gateway_alive": alive,
+            "half_close_answered": all(h["got"] == h["owed"] for h in half_closes.values()),
             "flood_bounded": all(
                 f["rss_growth_kib"] <= FLOOD_RSS_LIMIT_KIB for f in floods.values()
             ),
@@ -444,6 +484,9 @@ class Fuzz:
             "rss_kib_after": rss_after,
             "rss_kib_every_tenth": self.timeline,
             "flood_without_reading": floods,
+            "half_close_replies": {
+                p: {"owed": h["owed"], "got": h["got"]} for p, h in half_closes.items()
+            },
             "descriptors_before": fds_before,
             "descriptors_after": fds_after,
             "checks_after": after,

@@ -1,11 +1,11 @@
 """The fuzz run (C{bench/fuzz.py}) as a bounded run on every test run.
 
 One run of the script per test process (12 seconds of inputs, about 4 per protocol, spread over
-the plain, STARTTLS and implicit-TLS listeners of SMTP, IMAP and POP3, then 5 seconds per
-protocol of a client that never reads its replies), shared by the tests below; each test
-asserts one of the run's checks on the figures the script wrote. The script starts a real
-C{twistd relaygate} with certificates made at run time; C{docs/reliability.md} says how to run
-it longer.
+the plain, STARTTLS and implicit-TLS listeners of SMTP, IMAP and POP3, then per protocol a
+client that half-closes after pipelined commands and 5 seconds of a client that never reads
+its replies), shared by the tests below; each test asserts one of the run's checks on the
+figures the script wrote. The script starts a real C{twistd relaygate} with certificates made
+at run time; C{docs/reliability.md} says how to run it longer.
 
 The seed is fixed so a failure replays; set C{RELAYGATE_FUZZ_SEED} to try another one.
 """
@@ -26,6 +26,10 @@ FUZZ = os.path.join(ROOT, "bench", "fuzz.py")
 SEED = os.environ.get("RELAYGATE_FUZZ_SEED", "11")
 ARGUMENTS = ["--seconds", "12", "--concurrency", "4", "--flood-seconds", "5"]
 
+DEFECT_5 = (
+    "issue 11 defect 5: the SMTP front treats a half-close as a disconnect and drops the "
+    "replies it owes"
+)
 DEFECT_1 = (
     "issue 11 defect 1: the SMTP front goes on reading a client that does not read its "
     "replies, and queues the replies without bound"
@@ -106,6 +110,19 @@ class FuzzRunTests(TestCase):
         self.assertTrue(figures["invariants"]["flood_bounded"], floods)
 
     test_client_that_does_not_read_is_paused.todo = DEFECT_1  # type: ignore[attr-defined]
+
+    async def test_imap_and_pop3_answer_commands_pipelined_before_a_half_close(self) -> None:
+        """IMAP and POP3 answer every command a client sent before shutting down its side."""
+        replies = (await fuzz_figures(self))["half_close_replies"]
+        self.assertEqual(replies["imap"], {"owed": 3, "got": 3})
+        self.assertEqual(replies["pop3"], {"owed": 4, "got": 4})
+
+    async def test_smtp_answers_commands_pipelined_before_a_half_close(self) -> None:
+        """SMTP answers MAIL, RCPT and QUIT sent just before the client shut down its side."""
+        replies = (await fuzz_figures(self))["half_close_replies"]
+        self.assertEqual(replies["smtp"], {"owed": 5, "got": 5})
+
+    test_smtp_answers_commands_pipelined_before_a_half_close.todo = DEFECT_5  # type: ignore[attr-defined]
 
     async def test_script_exit_status_says_whether_checks_hold(self) -> None:
         """bench/fuzz.py exits 0 exactly when every check held (1 otherwise)."""
