@@ -106,8 +106,11 @@ class Soak:
         seed = self.args.seed
         self.backend_ports = []
         self.listening = []
+        self.backends = []
         for name in ("backend-a", "backend-b", "backend-c"):
-            factory = BackendFactory(self.reactor, name, seed, self.records, faulty=True)
+            # Faults start after the warm-up (which must succeed to give a baseline).
+            factory = BackendFactory(self.reactor, name, seed, self.records, faulty=False)
+            self.backends.append(factory)
             port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
             self.listening.append(port)
             self.backend_ports.append(port.getHost().port)
@@ -153,6 +156,8 @@ class Soak:
             )
             if attempts[0].result != "2xx":
                 raise RuntimeError(f"warm-up message failed: {attempts[0]}")
+        for factory in self.backends:
+            factory.faulty = True
 
     async def worker(self, number: int, deadline: float) -> None:
         """Take due messages and run sessions until all are done or the deadline passes."""
