@@ -26,15 +26,6 @@ ARGUMENTS = ["--messages", "150", "--concurrency", "10", "--max-size", "262144"]
 # The bound of the run itself: the soak stops starting sessions after this many seconds.
 DURATION = "90"
 
-DEFECT_4 = (
-    "issue 11 defect 4: a reply Deferred of a client that left is never consumed, so a "
-    "backend that then drops logs 'Unhandled error in Deferred' (BackendLost)"
-)
-DEFECT_5 = (
-    "issue 11 defect 5: a client that half-closes after its dot and QUIT gets EOF instead of "
-    "the backend's 250 and the 221, so an MTA sends the message again"
-)
-
 _figures: dict[str, Any] = {}
 
 
@@ -112,22 +103,16 @@ class ChaosSoakTests(TestCase):
         figures = await self.figures()
         self.assertEqual(figures["log_bad_lines"], 0, figures["log_examples"])
 
-    test_log_has_no_unhandled_error.todo = DEFECT_4  # type: ignore[attr-defined]
-
     async def test_backend_acceptance_always_relayed(self) -> None:
         """A backend's 250 for a message always reached the client that sent it."""
         figures = await self.figures()
         self.assertEqual(figures["backend_2xx_not_relayed"], 0, figures["examples"])
-
-    test_backend_acceptance_always_relayed.todo = DEFECT_5  # type: ignore[attr-defined]
 
     async def test_half_closing_client_gets_its_replies(self) -> None:
         """A client that shut down its sending side still got the replies to its commands."""
         figures = await self.figures()
         self.assertGreater(figures["half_close_sessions"], 0)
         self.assertEqual(figures["half_close_replies_lost"], 0)
-
-    test_half_closing_client_gets_its_replies.todo = DEFECT_5  # type: ignore[attr-defined]
 
     async def test_script_exit_status_says_whether_invariants_hold(self) -> None:
         """bench/chaos.py exits 0 exactly when every invariant held (1 otherwise)."""

@@ -26,15 +26,6 @@ FUZZ = os.path.join(ROOT, "bench", "fuzz.py")
 SEED = os.environ.get("RELAYGATE_FUZZ_SEED", "11")
 ARGUMENTS = ["--seconds", "12", "--concurrency", "4", "--flood-seconds", "5"]
 
-DEFECT_5 = (
-    "issue 11 defect 5: the SMTP front treats a half-close as a disconnect and drops the "
-    "replies it owes"
-)
-DEFECT_1 = (
-    "issue 11 defect 1: the SMTP front goes on reading a client that does not read its "
-    "replies, and queues the replies without bound"
-)
-
 _figures: dict[str, Any] = {}
 
 
@@ -109,8 +100,6 @@ class FuzzRunTests(TestCase):
         self.assertEqual(set(floods), {"smtp", "imap", "pop3"})
         self.assertTrue(figures["invariants"]["flood_bounded"], floods)
 
-    test_client_that_does_not_read_is_paused.todo = DEFECT_1  # type: ignore[attr-defined]
-
     async def test_imap_and_pop3_answer_commands_pipelined_before_a_half_close(self) -> None:
         """IMAP and POP3 answer every command a client sent before shutting down its side."""
         replies = (await fuzz_figures(self))["half_close_replies"]
@@ -121,8 +110,6 @@ class FuzzRunTests(TestCase):
         """SMTP answers MAIL, RCPT and QUIT sent just before the client shut down its side."""
         replies = (await fuzz_figures(self))["half_close_replies"]
         self.assertEqual(replies["smtp"], {"owed": 5, "got": 5})
-
-    test_smtp_answers_commands_pipelined_before_a_half_close.todo = DEFECT_5  # type: ignore[attr-defined]
 
     async def test_script_exit_status_says_whether_checks_hold(self) -> None:
         """bench/fuzz.py exits 0 exactly when every check held (1 otherwise)."""
