@@ -295,7 +295,10 @@ class FrontTests(IMAPFrontTestCase):
         )
 
     def test_authenticate_login(self) -> None:
-        """AUTHENTICATE LOGIN asks for user then password with nginx's prompts."""
+        """AUTHENTICATE LOGIN asks for user then password with nginx's prompts.
+
+        The router gets method C{login}, as from SMTP; auth_http sends it as C{plain}.
+        """
         front, transport = self.front()
         take(transport)
         front.dataReceived(b"a AUTHENTICATE LOGIN\r\n")
@@ -305,7 +308,7 @@ class FrontTests(IMAPFrontTestCase):
         front.dataReceived(base64.b64encode(b"pw") + b"\r\n")
         request = self.router.requests[0]
         self.assertEqual(
-            (request.method, request.user, request.password), ("plain", b"bob", b"pw")
+            (request.method, request.user, request.password), ("login", b"bob", b"pw")
         )
 
     def test_authenticate_cram_md5(self) -> None:

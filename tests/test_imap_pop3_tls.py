@@ -35,7 +35,7 @@ from relaygate.addresses import HostPort
 from relaygate.config import Config, ConfigError, ListenConfig
 from relaygate.imap import IMAPFrontFactory
 from relaygate.listeners import server_tls_for
-from relaygate.login import LoginFront
+from relaygate.login.front import LoginFront
 from relaygate.pop3 import POP3FrontFactory
 from relaygate.routing.router import Accept, AuthRequest, Router
 from relaygate.routing.table import TableRouter

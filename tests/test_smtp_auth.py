@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.proxy_protocol import parse_header
 from relaygate.routing.router import Accept, ClientTLS, Decision, Refuse, RouterUnavailable
-from relaygate.smtp.sasl import SASLExchange, parse_auth_command
+from relaygate.sasl import SASLExchange, parse_auth_command
 from tests.smtp_harness import BACKEND, BackendEnd, FrontHarness, make_config
 
 

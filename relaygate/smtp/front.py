@@ -40,6 +40,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
+from relaygate.backend.errors import BackendError, BackendTLSError, BackendTLSNotOffered
 from relaygate.config import Config, ListenConfig
 from relaygate.connect import set_no_delay
 from relaygate.listeners import server_tls_for
@@ -52,15 +53,8 @@ from relaygate.routing.router import (
     Router,
     RouterUnavailable,
 )
-from relaygate.smtp.backend import (
-    CONNECTION_DONE,
-    BackendClient,
-    BackendError,
-    BackendTLSError,
-    BackendTLSNotOffered,
-    RelayTransport,
-    connect_backend,
-)
+from relaygate.smtp.auth_replies import R_AUTH_REQUIRED, R_BACKEND_LOGIN
+from relaygate.smtp.backend import CONNECTION_DONE, BackendClient, RelayTransport, connect_backend
 from relaygate.smtp.data import BodyFault, BodyScanner
 from relaygate.smtp.replies import (
     R_AUTH_SERVICE,
@@ -95,7 +89,6 @@ from relaygate.smtp.replies import (
     R_VRFY,
     Reply,
 )
-from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import xclient_commands
 from relaygate.tls import (

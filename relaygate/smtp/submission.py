@@ -22,15 +22,23 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from relaygate.addresses import HostPort
-from relaygate.login import make_salt, printable
+from relaygate.backend.errors import BackendError
 from relaygate.policy import Limits, limits_for
 from relaygate.proxy_protocol import encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ProxyAddresses, Refuse, RouterUnavailable
-from relaygate.smtp.backend import BackendClient, BackendError
-from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE, Reply
-from relaygate.smtp.sasl import (
+from relaygate.sasl import (
     MAX_USER,
     MECHANISMS,
+    Challenge,
+    Credentials,
+    Failed,
+    SASLExchange,
+    Step,
+    make_salt,
+    mechanism_names,
+    parse_auth_command,
+)
+from relaygate.smtp.auth_replies import (
     R_AUTH_CANCELLED,
     R_AUTH_IN_TRANSACTION,
     R_AUTH_MALFORMED,
@@ -42,16 +50,13 @@ from relaygate.smtp.sasl import (
     R_AUTH_TOO_LONG,
     R_AUTH_TWICE,
     R_AUTH_UNKNOWN,
-    Challenge,
-    Credentials,
-    Failed,
-    SASLExchange,
-    Step,
     backend_plain,
-    mechanism_names,
-    parse_auth_command,
+    challenge_reply,
     refusal,
 )
+from relaygate.smtp.backend import BackendClient
+from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE, Reply
+from relaygate.text import printable
 
 if TYPE_CHECKING:
     from relaygate.smtp.front import SMTPFront
@@ -234,7 +239,7 @@ class Submission:
         front = self._front
         if isinstance(step, Challenge):
             front.mode = smtp.AUTH
-            front.send_reply(step.reply())
+            front.send_reply(challenge_reply(step))
             return
         self._exchange = None
         front.mode = smtp.COMMAND
