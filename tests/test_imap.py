@@ -285,6 +285,47 @@ class FrontTests(IMAPFrontTestCase):
         front.dataReceived(base64.b64encode(b"zid\0bob\0pw") + b"\r\n")
         self.assertEqual(self.router.requests[0].user, b"bob")
 
+    def test_authenticate_refuses_line_breaks_and_nul(self) -> None:
+        """A decoded SASL user or password with CR, LF or NUL gets BAD; the router sees nothing."""
+        front, transport = self.front(auth=["plain", "login"])
+        take(transport)
+        plain = base64.b64encode(b"\0bob\0pa\r\nss")
+        front.dataReceived(b"a AUTHENTICATE PLAIN " + plain + b"\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\n")
+        front.dataReceived(b"b AUTHENTICATE LOGIN " + base64.b64encode(b"bo\nb") + b"\r\n")
+        self.assertEqual(take(transport), b"b BAD invalid command\r\n")
+        front.dataReceived(b"c AUTHENTICATE LOGIN\r\n" + base64.b64encode(b"bob") + b"\r\n")
+        self.assertEqual(take(transport), b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n")
+        front.dataReceived(base64.b64encode(b"p\0w") + b"\r\n")
+        self.assertEqual(take(transport), b"c BAD invalid command\r\n")
+        self.assertEqual(self.router.requests, [])
+
+    def test_authenticate_refuses_long_values(self) -> None:
+        """A SASL user over 255 octets or a password over 1024 gets BAD; at the limits it goes."""
+        front, transport = self.front(max_errors=10)
+        take(transport)
+        for tag, user, password in [(b"a", b"u" * 256, b"pw"), (b"b", b"bob", b"p" * 1025)]:
+            plain = base64.b64encode(b"\0" + user + b"\0" + password)
+            front.dataReceived(tag + b" AUTHENTICATE PLAIN " + plain + b"\r\n")
+            self.assertEqual(take(transport), tag + b" BAD invalid command\r\n")
+        self.assertEqual(self.router.requests, [])
+        plain = base64.b64encode(b"\0" + b"u" * 255 + b"\0" + b"p" * 1024)
+        front.dataReceived(b"c AUTHENTICATE PLAIN " + plain + b"\r\n")
+        self.assertEqual(len(self.router.requests), 1)
+
+    def test_authenticate_cram_md5_digest_must_be_hex(self) -> None:
+        """A CRAM-MD5 digest that is not 32 hex digits gets BAD; a valid one goes lower-cased."""
+        front, transport = self.front(auth=["cram-md5"])
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE CRAM-MD5\r\n")
+        take(transport)
+        front.dataReceived(base64.b64encode(b"bob " + b"x" * 32) + b"\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\n")
+        front.dataReceived(b"b AUTHENTICATE CRAM-MD5\r\n")
+        take(transport)
+        front.dataReceived(base64.b64encode(b"bob " + b"AB" * 16) + b"\r\n")
+        self.assertEqual(self.router.requests[0].password, b"ab" * 16)
+
     def test_authenticate_cancelled(self) -> None:
         """A C{*} response cancels the exchange with a tagged BAD."""
         front, transport = self.front()

@@ -153,6 +153,17 @@ class POP3FrontTests(POP3TestCase):
         front2.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"\0carol\0pw") + b"\r\n")
         self.assertEqual(self.router.requests[1].user, b"carol")
 
+    def test_auth_refuses_line_breaks_nul_and_long_values(self) -> None:
+        """A decoded SASL user or password with CR, LF or NUL, or too long, gets -ERR."""
+        front, transport = self.front(auth=["plain", "login"], max_errors=10)
+        take(transport)
+        for decoded in [b"\0bob\0p\rw", b"\0" + b"u" * 256 + b"\0pw", b"\0bob\0" + b"p" * 1025]:
+            front.dataReceived(b"AUTH PLAIN " + base64.b64encode(decoded) + b"\r\n")
+            self.assertEqual(take(transport), b"-ERR invalid command\r\n")
+        front.dataReceived(b"AUTH LOGIN\r\n" + base64.b64encode(b"b\nob") + b"\r\n")
+        self.assertEqual(take(transport), b"+ VXNlcm5hbWU6\r\n-ERR invalid command\r\n")
+        self.assertEqual(self.router.requests, [])
+
     def test_auth_cram_md5(self) -> None:
         """AUTH CRAM-MD5 challenges with the greeting's timestamp."""
         front, transport = self.front(auth=["cram-md5"])
