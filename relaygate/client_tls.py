@@ -27,13 +27,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from relaygate.routing.router import ClientTLS
-from relaygate.tls import (
-    CERTIFICATE_REPLIES,
-    CertificateProblem,
-    HandshakeResult,
-    HandshakeTimer,
-    ServerTLS,
-)
+from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem
+from relaygate.tls.handshake import HandshakeResult, HandshakeTimer
+from relaygate.tls.server import ServerTLS
 
 
 class AfterHandshake(enum.Enum):

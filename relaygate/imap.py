@@ -21,7 +21,8 @@ from typing import Any
 from typing_extensions import override
 
 from relaygate.backend.errors import BackendError
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import (
     Arg,
     Command,
@@ -39,6 +40,7 @@ from relaygate.login.line_client import LineBackendClient
 from relaygate.login.settings import LoginFrontFactory
 from relaygate.routing.router import Router
 from relaygate.sasl import MECHANISMS, Credentials, Failed, encode_plain
+from relaygate.tls.server import ServerTLS
 
 
 class IMAPFront(LoginFront):
@@ -409,8 +411,12 @@ class IMAPFrontFactory(LoginFrontFactory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        super().__init__(config, listen, config.imap, router, reactor, random)
+        super().__init__(
+            config, listen, config.imap, router, reactor, random, server_tls=server_tls
+        )
         self.max_literal_size = config.imap.max_literal_size
         self.send_id = config.imap.send_id
 

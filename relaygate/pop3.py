@@ -19,7 +19,8 @@ from typing import Any
 from typing_extensions import override
 
 from relaygate.backend.errors import BackendError
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import Invalid, parse_line
 from relaygate.login.flow import LoggedIn, LoginLeg, LoginOutcome, Refused
 from relaygate.login.front import LoginFront
@@ -27,6 +28,7 @@ from relaygate.login.line_client import LineBackendClient
 from relaygate.login.settings import LoginFrontFactory
 from relaygate.routing.router import Router
 from relaygate.sasl import MECHANISMS, Credentials, Failed, encode_plain, make_salt
+from relaygate.tls.server import ServerTLS
 
 
 class POP3Front(LoginFront):
@@ -279,8 +281,12 @@ class POP3FrontFactory(LoginFrontFactory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        super().__init__(config, listen, config.pop3, router, reactor, random)
+        super().__init__(
+            config, listen, config.pop3, router, reactor, random, server_tls=server_tls
+        )
 
     @override
     def buildProtocol(self, addr: Any) -> POP3Front:

@@ -21,7 +21,7 @@ from relaygate.addresses import HostPort
 from relaygate.backend.errors import BackendTLSError, BackendUnreachable
 from relaygate.backend.policy import TLSCreatorFor
 from relaygate.connect import client_endpoint
-from relaygate.tls import tls_facts
+from relaygate.tls.facts import tls_facts
 
 P = TypeVar("P", bound=IProtocol)
 

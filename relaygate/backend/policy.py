@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from relaygate.addresses import ClientAddress, HostPort
 from relaygate.proxy_protocol import encode_header
-from relaygate.tls import backend_tls_creator
+from relaygate.tls.client import backend_tls_creator
 
 TLSCreatorFor = Callable[[HostPort], IOpenSSLClientConnectionCreator]
 """Makes the verifying TLS creator for one backend address (its host is the name checked)."""

@@ -9,10 +9,11 @@ from typing import Any
 from twisted.internet.protocol import Factory
 
 from relaygate.backend.policy import BackendPolicy
-from relaygate.config import Config, IMAPConfig, ListenConfig, POP3Config
-from relaygate.listeners import server_tls_for
+from relaygate.config.login import IMAPConfig, POP3Config
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.routing.router import Router
-from relaygate.tls import ServerTLS
+from relaygate.tls.server import ServerTLS
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,11 @@ class LoginSettings:
 
     @classmethod
     def from_section(
-        cls, config: Config, listen: ListenConfig, section: IMAPConfig | POP3Config
+        cls,
+        config: Config,
+        listen: ListenConfig,
+        section: IMAPConfig | POP3Config,
+        server_tls: ServerTLS | None,
     ) -> LoginSettings:
         """The settings for C{listen} from its protocol's section (C{[imap]} or C{[pop3]})."""
         return cls(
@@ -62,7 +67,7 @@ class LoginSettings:
                 reply_timeout=section.timeout,
             ),
             tls_mode=listen.tls,
-            server_tls=server_tls_for(listen, config),
+            server_tls=server_tls,
         )
 
 
@@ -79,8 +84,10 @@ class LoginFrontFactory(Factory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        self.settings = LoginSettings.from_section(config, listen, section)
+        self.settings = LoginSettings.from_section(config, listen, section, server_tls)
         self.router = router
         self.reactor = reactor
         self.random = random
