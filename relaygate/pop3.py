@@ -26,6 +26,7 @@ from relaygate.login.flow import LoggedIn, LoginLeg, LoginOutcome, Refused
 from relaygate.login.front import LoginFront
 from relaygate.login.line_client import LineBackendClient
 from relaygate.login.settings import LoginFrontFactory
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
 from relaygate.sasl import MECHANISMS, Credentials, Failed, encode_plain, make_salt
 from relaygate.tls.server import ServerTLS
@@ -279,7 +280,7 @@ class POP3FrontFactory(LoginFrontFactory):
         config: Config,
         listen: ListenConfig,
         router: Router,
-        reactor: Any,
+        reactor: IGatewayReactor,
         random: Callable[[], int] | None = None,
         *,
         server_tls: ServerTLS | None,

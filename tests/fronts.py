@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -19,6 +19,7 @@ from zope.interface import implementer
 from relaygate.config.load import parse
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import AuthRequest, Decision
 from tests.certs import PKI, make_pki
 
@@ -49,6 +50,11 @@ def tls_section(pki: PKI, **settings: Any) -> dict[str, Any]:
 def server_tls_config(directory: str) -> dict[str, Any]:
     """A C{[tls]} section with certificates made in C{directory}, for fronts on TLS listeners."""
     return tls_section(make_pki(directory))
+
+
+def gateway(reactor: object) -> IGatewayReactor:
+    """C{reactor} (a memory reactor, or the global one) as the fronts type it."""
+    return cast(IGatewayReactor, reactor)
 
 
 def listener(tls: str = "none") -> ListenConfig:

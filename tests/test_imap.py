@@ -31,6 +31,7 @@ from tests.fronts import (
     big_message,
     config_for,
     connect_front,
+    gateway,
     listener,
     make_config,
     server_tls_config,
@@ -174,7 +175,7 @@ class IMAPFrontTestCase(SynchronousTestCase):
         listen = listener(tls)
         server_tls = new_server_tls(listen, config)
         factory = IMAPFrontFactory(
-            config, listen, self.router, self.reactor, lambda: 42, server_tls=server_tls
+            config, listen, self.router, gateway(self.reactor), lambda: 42, server_tls=server_tls
         )
         front = factory.buildProtocol(None)
         transport = connect_front(front)
@@ -669,7 +670,7 @@ class DovecotIMAPTests(TestCase):
             router = TableRouter(config.routes)
         server_tls = new_server_tls(config.listen[0], config)
         factory = IMAPFrontFactory(
-            config, config.listen[0], router, reactor, server_tls=server_tls
+            config, config.listen[0], router, gateway(reactor), server_tls=server_tls
         )
         return await start_gateway(self, factory)
 

@@ -53,6 +53,7 @@ from tests.fronts import (
     RawClient,
     ScriptedRouter,
     config_for,
+    gateway,
     make_config,
     start_gateway,
     take,
@@ -123,10 +124,20 @@ class TLSFrontTestCase(SynchronousTestCase):
         server_tls = self.server_tls
         if self.protocol == "pop3":
             return POP3FrontFactory(
-                config, self.listener, self.router, self.reactor, lambda: 42, server_tls=server_tls
+                config,
+                self.listener,
+                self.router,
+                gateway(self.reactor),
+                lambda: 42,
+                server_tls=server_tls,
             )
         return IMAPFrontFactory(
-            config, self.listener, self.router, self.reactor, lambda: 42, server_tls=server_tls
+            config,
+            self.listener,
+            self.router,
+            gateway(self.reactor),
+            lambda: 42,
+            server_tls=server_tls,
         )
 
     def front(self, mode: str = "starttls", **section: Any) -> tuple[Any, TLSStringTransport]:
@@ -409,11 +420,11 @@ class ImplicitInMemoryTests(TLSFrontTestCase):
         front_factory: Factory
         if protocol == "pop3":
             front_factory = POP3FrontFactory(
-                config, listener, self.router, self.reactor, server_tls=server_tls
+                config, listener, self.router, gateway(self.reactor), server_tls=server_tls
             )
         else:
             front_factory = IMAPFrontFactory(
-                config, listener, self.router, self.reactor, server_tls=server_tls
+                config, listener, self.router, gateway(self.reactor), server_tls=server_tls
             )
         fronts: list[LoginFront] = []
         original = front_factory.buildProtocol
@@ -852,11 +863,11 @@ class DovecotTLSTestCase(TestCase):
         server_tls = new_server_tls(config.listen[0], config)
         if protocol == "imap":
             factory = IMAPFrontFactory(
-                config, config.listen[0], router, reactor, server_tls=server_tls
+                config, config.listen[0], router, gateway(reactor), server_tls=server_tls
             )
         else:
             factory = POP3FrontFactory(
-                config, config.listen[0], router, reactor, server_tls=server_tls
+                config, config.listen[0], router, gateway(reactor), server_tls=server_tls
             )
         implicit = server_tls if tls == "implicit" else None
         return await start_gateway(self, factory, implicit)

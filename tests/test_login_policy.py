@@ -19,7 +19,7 @@ from relaygate.policy import AUTH_FAILURES, HOUR, LimitedFactory, Limits, Memory
 from relaygate.pop3 import POP3FrontFactory
 from relaygate.proxy_protocol import ProxyProtocolFactory, TrustedNetworks, parse_header
 from relaygate.routing.router import Accept, ProxyAddresses, Refuse
-from tests.fronts import ScriptedRouter, backend_connection, make_config, take
+from tests.fronts import ScriptedRouter, backend_connection, gateway, make_config, take
 
 HEADER = b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 1143\r\n"
 
@@ -40,9 +40,13 @@ class LoginPolicyTests(SynchronousTestCase):
         listen = config.listen[0 if protocol == "imap" else 1]
         server_tls = new_server_tls(listen, config)
         fronts: Factory = (
-            IMAPFrontFactory(config, listen, self.router, self.reactor, server_tls=server_tls)
+            IMAPFrontFactory(
+                config, listen, self.router, gateway(self.reactor), server_tls=server_tls
+            )
             if protocol == "imap"
-            else POP3FrontFactory(config, listen, self.router, self.reactor, server_tls=server_tls)
+            else POP3FrontFactory(
+                config, listen, self.router, gateway(self.reactor), server_tls=server_tls
+            )
         )
         limited = LimitedFactory(fronts, self.limits, protocol, "gw.example.org")
         factory = ProxyProtocolFactory(

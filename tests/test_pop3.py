@@ -29,6 +29,7 @@ from tests.fronts import (
     big_message,
     config_for,
     connect_front,
+    gateway,
     listener,
     make_config,
     server_tls_config,
@@ -54,7 +55,7 @@ class POP3TestCase(SynchronousTestCase):
         listen = listener(tls)
         server_tls = new_server_tls(listen, config)
         factory = POP3FrontFactory(
-            config, listen, self.router, self.reactor, lambda: 42, server_tls=server_tls
+            config, listen, self.router, gateway(self.reactor), lambda: 42, server_tls=server_tls
         )
         front = factory.buildProtocol(None)
         return front, connect_front(front)
@@ -322,7 +323,7 @@ class DovecotPOP3Tests(TestCase):
             router = TableRouter(config.routes)
         server_tls = new_server_tls(config.listen[1], config)
         factory = POP3FrontFactory(
-            config, config.listen[1], router, reactor, server_tls=server_tls
+            config, config.listen[1], router, gateway(reactor), server_tls=server_tls
         )
         return await start_gateway(self, factory)
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IProtocol, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from typing_extensions import override
@@ -42,7 +42,7 @@ class OneProtocolFactory(Factory, Generic[P]):
 
 
 async def connect_with_failover(
-    reactor: Any,
+    reactor: IReactorTCP,
     backends: Sequence[HostPort],
     connect_timeout: float,
     make: Callable[[], P],
@@ -53,8 +53,6 @@ async def connect_with_failover(
 ) -> tuple[P, HostPort]:
     """Connect to the first of C{backends} that accepts (and passes C{check}), in order.
 
-    @param reactor: provides L{IReactorTCP} and L{IReactorTime} (and name resolution for
-        backends named by host name).
     @param make: builds a fresh protocol for each attempt.
     @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
     @param preamble: bytes sent first on each connection (a PROXY header), below any TLS.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -24,6 +23,7 @@ from relaygate.backend.negotiate import starttls_to_backend
 from relaygate.backend.policy import BackendPolicy
 from relaygate.login.line_client import LineBackendClient
 from relaygate.login.settings import LoginSettings
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Refuse, Router
 from relaygate.text import printable
 
@@ -120,7 +120,7 @@ class LoginFlow:
         protocol: str,
         settings: LoginSettings,
         router: Router,
-        reactor: Any,
+        reactor: IGatewayReactor,
         dialogue: BackendDialogue,
         closed: Callable[[], bool],
     ) -> None:

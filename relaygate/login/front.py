@@ -18,7 +18,7 @@ then checked as nginx does.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
@@ -54,6 +54,7 @@ from relaygate.login.phase import Event, Phase, PhaseMachine
 from relaygate.login.settings import LoginSettings
 from relaygate.policy import limits_for
 from relaygate.proxy_protocol import proxy_addresses
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import AuthRequest, ClientTLS, Refuse, Router
 from relaygate.sasl import Challenge, Credentials, Failed, SASLExchange, Step, make_salt
 from relaygate.splice import Splice, SpliceEnd
@@ -82,7 +83,7 @@ class LoginFront(Protocol):
         self,
         settings: LoginSettings,
         router: Router,
-        reactor: Any,
+        reactor: IGatewayReactor,
         random: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings

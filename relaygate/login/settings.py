@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet.protocol import Factory
 
@@ -12,6 +11,7 @@ from relaygate.backend.policy import BackendPolicy
 from relaygate.config.login import IMAPConfig, POP3Config
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
 from relaygate.tls.server import ServerTLS
 
@@ -82,7 +82,7 @@ class LoginFrontFactory(Factory):
         listen: ListenConfig,
         section: IMAPConfig | POP3Config,
         router: Router,
-        reactor: Any,
+        reactor: IGatewayReactor,
         random: Callable[[], int] | None = None,
         *,
         server_tls: ServerTLS | None,

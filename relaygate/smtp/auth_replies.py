@@ -36,7 +36,7 @@ def backend_plain(user: bytes, password: bytes) -> bytes:
     return b"AUTH PLAIN " + encode_plain(user, password)
 
 
-def refusal(message: str, error_code: str) -> Reply:
+def auth_refusal(message: str, error_code: str) -> Reply:
     """The client's reply for a router's refusal of a login: C{535 5.7.8 <message>} by default.
 
     C{error_code} is nginx's C{Auth-Error-Code} (e.g. C{"550 5.7.1"}), which replaces the code.

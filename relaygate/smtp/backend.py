@@ -37,6 +37,7 @@ from relaygate.backend.connect import connect_with_failover, leg_tls_summary
 from relaygate.backend.errors import BackendError, BackendLost, BackendTLSError
 from relaygate.backend.policy import TLSCreatorFor
 from relaygate.connect import set_no_delay
+from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
@@ -280,7 +281,7 @@ class BackendClient(smtp.ESMTPClient):
 
 
 async def connect_backend(
-    reactor: Any,
+    reactor: IGatewayReactor,
     backends: Sequence[HostPort],
     identity: bytes,
     connect_timeout: float,

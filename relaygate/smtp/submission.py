@@ -50,9 +50,9 @@ from relaygate.smtp.auth_replies import (
     R_AUTH_TOO_LONG,
     R_AUTH_TWICE,
     R_AUTH_UNKNOWN,
+    auth_refusal,
     backend_plain,
     challenge_reply,
-    refusal,
 )
 from relaygate.smtp.backend import BackendClient
 from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE, Reply
@@ -316,7 +316,7 @@ class Submission:
             blocked = await self._limits.auth_failed(front._client_ip)
         if decision.wait:
             await deferLater(front._reactor, decision.wait)
-        reply = refusal(decision.message, decision.smtp_code)
+        reply = auth_refusal(decision.message, decision.smtp_code)
         if blocked or self._failures >= front._settings.max_auth_attempts:
             front.session.end = "too many failed logins"
             front._reply_and_close(reply)
