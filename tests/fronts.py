@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStream
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from relaygate.config.load import parse
@@ -224,6 +224,19 @@ class RawClient:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+def dead_port(case: SynchronousTestCase) -> int:
+    """A port on 127.0.0.1 where connections are refused, for as long as C{case} runs.
+
+    The socket is bound but never listens, so the kernel refuses connections to it (RST), and
+    no other process can take the port in the meantime, as it could a port bound and released.
+    """
+    held = socket.socket()
+    case.addCleanup(held.close)
+    held.bind(("127.0.0.1", 0))
+    port: int = held.getsockname()[1]
+    return port
 
 
 def big_message(size: int) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import imaplib
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -21,7 +23,7 @@ from relaygate.listeners import new_server_tls
 from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
 from relaygate.routing.table import TableRouter
 from tests.authservice import ok_to, start_auth_service
-from tests.dovecot import Dovecot, dovecot_for, free_port
+from tests.dovecot import Dovecot, dovecot_for
 from tests.fronts import (
     Gateway,
     RawClient,
@@ -30,6 +32,7 @@ from tests.fronts import (
     big_message,
     config_for,
     connect_front,
+    dead_port,
     gateway,
     listener,
     make_config,
@@ -522,6 +525,20 @@ PASSWORD = 'p w%"x'
 UTF8_PASSWORD = 'ä p%"ß'
 
 
+class DeadPortTests(SynchronousTestCase):
+    """The "backend down" tests' address stays refused and unclaimed for the whole test."""
+
+    def test_refused_and_held(self) -> None:
+        """Connections are refused, and no one else can bind the port while the test runs."""
+        port = dead_port(self)
+        with socket.socket() as other:
+            with self.assertRaises(OSError) as bound:
+                other.bind(("127.0.0.1", port))
+            self.assertEqual(bound.exception.errno, errno.EADDRINUSE)
+        with socket.socket() as client:
+            self.assertEqual(client.connect_ex(("127.0.0.1", port)), errno.ECONNREFUSED)
+
+
 class DovecotIMAPTests(TestCase):
     """The IMAP front against a real Dovecot, with imaplib and raw sockets."""
 
@@ -714,7 +731,7 @@ class DovecotIMAPTests(TestCase):
 
     async def test_auth_service_down(self) -> None:
         """An auth service that can't be reached: nginx's internal error, then close."""
-        gateway = await self.gateway(auth_url=f"http://127.0.0.1:{free_port()}/auth")
+        gateway = await self.gateway(auth_url=f"http://127.0.0.1:{dead_port(self)}/auth")
         self.assertEqual(
             await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
         )
@@ -729,7 +746,7 @@ class DovecotIMAPTests(TestCase):
 
     async def test_backend_down(self) -> None:
         """A backend that refuses connections: nginx's internal error, then close."""
-        gateway = await self.gateway(backend_port=free_port())
+        gateway = await self.gateway(backend_port=dead_port(self))
         self.assertEqual(
             await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
         )
