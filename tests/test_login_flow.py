@@ -24,7 +24,7 @@ from tests.fronts import ScriptedRouter, backend_connection, gateway, make_confi
 HEADER = b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 1143\r\n"
 
 
-class LoginPolicyTests(SynchronousTestCase):
+class WiredFrontTestCase(SynchronousTestCase):
     """Fronts wired as the service wires them: PROXY reader, limits, front."""
 
     def setUp(self) -> None:
@@ -65,6 +65,10 @@ class LoginPolicyTests(SynchronousTestCase):
     def failures(self) -> int:
         counted: Deferred[int] = self.store.count_events(AUTH_FAILURES, "192.0.2.7", HOUR)
         return self.successResultOf(counted)
+
+
+class LoginPolicyTests(WiredFrontTestCase):
+    """What the router and the backend learn of the client; refusals are counted."""
 
     def test_imap_router_sees_real_client_and_refusal_counts(self) -> None:
         """IMAP: Client-IP and Proxy-Protocol-* come from the header; a refusal is counted."""
@@ -115,3 +119,63 @@ class LoginPolicyTests(SynchronousTestCase):
         self.wrapper.dataReceived(b"USER alice\r\nPASS pw\r\n")
         _backend, backend_transport = backend_connection(self.reactor)
         self.assertEqual(take(backend_transport), HEADER)
+
+
+class FailedLoginLimitTests(WiredFrontTestCase):
+    """C{[limits] auth_failures_per_hour} ends a running IMAP/POP3 session, as SMTP's does."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.limits = Limits(LimitsConfig(auth_failures_per_hour=2), self.store)
+        self.router.answer = lambda request: Refuse("Invalid login or password", wait=1.0)
+
+    def test_imap_session_closed_at_the_limit(self) -> None:
+        """The failure that reaches the limit is answered, then the session closes."""
+        transport = self.connect("imap", max_login_failures=10)
+        take(transport)
+        self.wrapper.dataReceived(b"a LOGIN alice wrong\r\n")
+        self.reactor.advance(1.0)
+        self.assertEqual(take(transport), b"a NO Invalid login or password\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.wrapper.dataReceived(b"b LOGIN alice wrong\r\nc LOGIN alice guess\r\n")
+        self.reactor.advance(1.0)
+        self.assertEqual(take(transport), b"b NO Invalid login or password\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.router.requests), 2)
+
+    def test_pop3_session_closed_at_the_limit(self) -> None:
+        """POP3: the same, with -ERR."""
+        transport = self.connect("pop3", max_login_failures=10)
+        take(transport)
+        for _ in range(2):
+            self.wrapper.dataReceived(b"USER alice\r\nPASS wrong\r\n")
+            self.reactor.advance(1.0)
+        self.assertEqual(take(transport), b"+OK\r\n-ERR Invalid login or password\r\n" * 2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_imap_blocked_by_other_sessions(self) -> None:
+        """When other sessions from the address reached the limit, the next login is refused."""
+        transport = self.connect("imap", max_login_failures=10)
+        take(transport)
+        for _ in range(2):
+            self.successResultOf(self.limits.auth_failed("192.0.2.7"))
+        self.wrapper.dataReceived(b"a LOGIN alice pw\r\n")
+        self.assertEqual(
+            take(transport), b"* BYE too many failed logins from your address, try again later\r\n"
+        )
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.router.requests, [])
+
+    def test_pop3_blocked_by_other_sessions(self) -> None:
+        """POP3: the same, with -ERR."""
+        transport = self.connect("pop3")
+        take(transport)
+        for _ in range(2):
+            self.successResultOf(self.limits.auth_failed("192.0.2.7"))
+        self.wrapper.dataReceived(b"USER alice\r\nPASS pw\r\n")
+        self.assertEqual(
+            take(transport),
+            b"+OK\r\n-ERR too many failed logins from your address, try again later\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.router.requests, [])

@@ -52,7 +52,7 @@ from relaygate.login.flow import (
 from relaygate.login.line_client import LineBackendClient
 from relaygate.login.phase import Event, Phase, PhaseMachine
 from relaygate.login.settings import LoginSettings
-from relaygate.policy import limits_for
+from relaygate.policy import TOO_MANY_AUTH_FAILURES, limits_for, refusal
 from relaygate.proxy_protocol import proxy_addresses
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import AuthRequest, ClientTLS, Refuse, Router
@@ -450,23 +450,30 @@ class LoginFront(Protocol):
         """Ask the router about C{credentials}, log in to the backend, then relay."""
         self._enter(Event.LOGIN_STARTED)
         self._stop_idle()
-        self._attempt += 1
-        request = AuthRequest(
-            protocol=self.protocol_name,
-            client_ip=self.client.ip,
-            client_port=self.client.port,
-            method=credentials.method,
-            user=credentials.user,
-            password=credentials.password,
-            salt=credentials.salt,
-            attempt=self._attempt,
-            tls=self.client_tls,
-            proxy=proxy_addresses(self.transport),
-        )
-        self._work = Deferred.fromCoroutine(self._login(request, tag))
+        self._work = Deferred.fromCoroutine(self._login(tag, credentials))
 
-    async def _login(self, request: AuthRequest, tag: bytes) -> None:
+    async def _login(self, tag: bytes, credentials: Credentials) -> None:
         try:
+            if await self._auth_blocked():
+                # Other sessions from this address reached [limits] auth_failures_per_hour.
+                self.write(
+                    refusal(self.protocol_name, self.settings.server_name, TOO_MANY_AUTH_FAILURES)
+                )
+                self.close("too many failed logins")
+                return
+            self._attempt += 1
+            request = AuthRequest(
+                protocol=self.protocol_name,
+                client_ip=self.client.ip,
+                client_port=self.client.port,
+                method=credentials.method,
+                user=credentials.user,
+                password=credentials.password,
+                salt=credentials.salt,
+                attempt=self._attempt,
+                tls=self.client_tls,
+                proxy=proxy_addresses(self.transport),
+            )
             result = await self._flow.attempt(request, tag, self.client)
             await self._answer(result, tag)
         except CancelledError:
@@ -483,33 +490,56 @@ class LoginFront(Protocol):
         elif isinstance(result, RouterRefused):
             await self._router_refused(result.decision, tag)
         elif isinstance(result, BackendRefused):
-            self._count_auth_failure()
+            blocked = await self._count_auth_failure()
             text = result.text if self.settings.pass_error_message else self.generic_refusal()
             self.reply_refused(tag, text)
-            self._login_failed()
+            self._login_failed(blocked)
         else:
             assert isinstance(result, Relay)
             self.reply_logged_in(tag, result.outcome)
             self._start_splice(result.backend)
 
     async def _router_refused(self, decision: Refuse, tag: bytes) -> None:
-        self._count_auth_failure()
+        blocked = await self._count_auth_failure()
         if not decision.wait:
             self.reply_refused(tag, one_line(decision.message))
             self.close("auth failed")
             return
         await _sleep(self._clock, decision.wait)
         self.reply_refused(tag, one_line(decision.message))
-        self._login_failed()
+        self._login_failed(blocked)
 
-    def _count_auth_failure(self) -> None:
-        """Count a refused login against the client's address (C{[limits]})."""
+    async def _auth_blocked(self) -> bool:
+        """Whether the client's address may not try another login now (C{[limits]})."""
         limits = limits_for(self.transport)
-        if limits is not None:
-            Deferred.fromCoroutine(limits.auth_failed(self.client.ip))
+        if limits is None:
+            return False
+        try:
+            return await limits.auth_blocked(self.client.ip)
+        except Exception:
+            self._log.failure("{protocol} limit store failed", protocol=self.protocol_name)
+            return False
 
-    def _login_failed(self) -> None:
+    async def _count_auth_failure(self) -> bool:
+        """Count a refused login against the client's address (C{[limits]}).
+
+        @return: whether that reached the address's limit: the session then ends, as an SMTP
+            session does, instead of trying more passwords.
+        """
+        limits = limits_for(self.transport)
+        if limits is None:
+            return False
+        try:
+            return await limits.auth_failed(self.client.ip)
+        except Exception:
+            self._log.failure("{protocol} limit store failed", protocol=self.protocol_name)
+            return False
+
+    def _login_failed(self, blocked: bool) -> None:
         self._failures += 1
+        if blocked:
+            self.close("too many failed logins")
+            return
         if self._failures >= self.settings.max_login_failures:
             self.close("auth failed")
             return
