@@ -363,6 +363,42 @@ class BackendLoginTests(IMAPFrontTestCase):
         backend.dataReceived(b"* 3 EXISTS\r\n")
         self.assertEqual(take(transport), b"* 3 EXISTS\r\n")
 
+    def test_half_close_waits_for_pipelined_answers(self) -> None:
+        """Commands pipelined before a half-close are all answered (a login's refusal too)."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Refuse("Invalid login or password", wait=1.0)
+        front.dataReceived(b"a NOOP\r\nb LOGIN alice wrong\r\nc CAPABILITY\r\nd NOOP\r\ne LOG")
+        front.readConnectionLost()
+        self.assertEqual(take(transport), b"a OK completed\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.0)
+        self.assertEqual(
+            take(transport),
+            b"b NO Invalid login or password\r\n"
+            b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN\r\n"
+            b"c OK completed\r\nd OK completed\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_close_after_login_reaches_the_backend(self) -> None:
+        """A half-close during the login is relayed once the login succeeded, after the
+        commands pipelined behind it."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(front, transport)
+        half_closed: list[bool] = []
+        backend_transport.loseWriteConnection = lambda: half_closed.append(True)  # type: ignore[attr-defined]
+        front.dataReceived(b"b SELECT INBOX\r\n")
+        front.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        backend.dataReceived(b"* OK [CAPABILITY " + BACKEND_CAPS + b"] ready\r\n")
+        self.assertEqual(take(backend_transport), b'R1 LOGIN "alice" "pw"\r\n')
+        backend.dataReceived(b"* CAPABILITY " + POST_CAPS + b"\r\nR1 OK Logged in\r\n")
+        self.assertEqual(take(transport), b"a OK [CAPABILITY " + POST_CAPS + b"] Logged in\r\n")
+        self.assertEqual(take(backend_transport), b"b SELECT INBOX\r\n")
+        self.assertEqual(half_closed, [True])
+        self.assertFalse(transport.disconnecting or backend_transport.disconnecting)
+
     def test_login_literal_plus(self) -> None:
         """Credentials that quoting can't carry go as LITERAL+ literals when offered."""
         front, transport = self.front(send_id=False)

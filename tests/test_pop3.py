@@ -212,6 +212,28 @@ class POP3FrontTests(POP3TestCase):
         self.assertEqual(take(transport), b"+OK\r\n-ERR internal server error\r\n")
         self.assertTrue(transport.disconnecting)
 
+    def test_half_close_waits_for_pipelined_answers(self) -> None:
+        """Commands pipelined before a half-close are all answered (a login's refusal too)."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Refuse("Invalid login or password", wait=1.0)
+        front.dataReceived(b"NOOP\r\nUSER bob\r\nPASS x\r\nNOOP\r\nQU")
+        front.readConnectionLost()
+        self.assertEqual(take(transport), b"+OK\r\n+OK\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.0)
+        self.assertEqual(take(transport), b"-ERR Invalid login or password\r\n+OK\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_close_while_reading(self) -> None:
+        """A half-close with nothing pending closes at once, after the answers."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"CAPA\r\nNOOP\r\n")
+        front.readConnectionLost()
+        self.assertTrue(take(transport).endswith(b".\r\n+OK\r\n"))
+        self.assertTrue(transport.disconnecting)
+
     def test_apop_needs_auth_service(self) -> None:
         """APOP with the embedded table is refused at start-up: there is no password."""
         with self.assertRaises(ConfigError) as e:

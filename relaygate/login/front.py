@@ -121,6 +121,7 @@ class LoginFront(Protocol):
         self._splice: Splice | None = None
         self._started = 0.0
         self._outcome = ""
+        self._client_eof = False
         self._high_water = settings.max_line_length * 2
         self.client = ClientAddress("", 0, "", 0)
 
@@ -236,9 +237,14 @@ class LoginFront(Protocol):
         self._log_session(0, 0)
 
     def readConnectionLost(self) -> None:
-        """The client half-closed: pass it on when relaying; before login it ends the session."""
+        """The client half-closed: pass it on when relaying; before login, answer every
+        command it sent (a login in progress included), then close."""
         if self._splice is not None:
             self._splice.client_eof()
+            return
+        self._client_eof = True
+        if self.state in (Phase.READING, Phase.WORKING):
+            self.process()
         elif self.transport is not None:
             self.transport.loseConnection()
 
@@ -329,16 +335,20 @@ class LoginFront(Protocol):
         if self.tls.pending is not None:
             if self.state is Phase.READING and b"\n" in self.buffer:
                 self._refuse_certificate()
-            return
-        while (
-            self.state is Phase.READING
-            and "output" not in self._paused_for
-            and self.buffer
-            and self.step()
-        ):
-            pass
+        else:
+            while (
+                self.state is Phase.READING
+                and "output" not in self._paused_for
+                and self.buffer
+                and self.step()
+            ):
+                pass
         if self.state is Phase.WORKING and len(self.buffer) > self._high_water:
             self._pause("busy")
+        if self._client_eof and self.state is Phase.READING and "output" not in self._paused_for:
+            # Every complete command the client sent before its half-close is answered; what
+            # is left is a partial line that can never complete.
+            self.close("client closed before login")
 
     def _pause(self, reason: str) -> None:
         self._paused_for.add(reason)
@@ -576,6 +586,8 @@ class LoginFront(Protocol):
         self.buffer.clear()
         if leftover:
             self._splice.from_client(leftover)
+        if self._client_eof:
+            self._splice.client_eof()
 
     def _ended(self, end: SpliceEnd) -> None:
         self._outcome = end.how
