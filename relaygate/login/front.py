@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from relaygate.addresses import ClientAddress, client_address
 from relaygate.client_tls import AfterHandshake, ClientTLSGate
+from relaygate.login.access import log_session
 from relaygate.login.flow import (
     BackendRefused,
     LoggedIn,
@@ -49,20 +50,17 @@ from relaygate.login.flow import (
     RouterRefused,
     Unavailable,
 )
+from relaygate.login.limits import auth_blocked, count_auth_failure
 from relaygate.login.line_client import LineBackendClient
 from relaygate.login.phase import Event, Phase, PhaseMachine
 from relaygate.login.settings import LoginSettings
-from relaygate.policy import TOO_MANY_AUTH_FAILURES, limits_for, refusal
+from relaygate.policy import TOO_MANY_AUTH_FAILURES, refusal
 from relaygate.proxy_protocol import proxy_addresses
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import AuthRequest, ClientTLS, Refuse, Router
 from relaygate.sasl import Challenge, Credentials, Failed, SASLExchange, Step, make_salt
 from relaygate.splice import Splice, SpliceEnd
-from relaygate.text import one_line, printable
-
-# A module-level logger: as a class attribute, Logger would replace the namespace with the
-# class's name, and operators filter the access log by this namespace.
-_access_log = Logger(namespace="relaygate.access")
+from relaygate.text import one_line
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
@@ -464,7 +462,7 @@ class LoginFront(Protocol):
 
     async def _login(self, tag: bytes, credentials: Credentials) -> None:
         try:
-            if await self._auth_blocked():
+            if await auth_blocked(self.transport, self.client.ip):
                 # Other sessions from this address reached [limits] auth_failures_per_hour.
                 self.write(
                     refusal(self.protocol_name, self.settings.server_name, TOO_MANY_AUTH_FAILURES)
@@ -500,7 +498,7 @@ class LoginFront(Protocol):
         elif isinstance(result, RouterRefused):
             await self._router_refused(result.decision, tag)
         elif isinstance(result, BackendRefused):
-            blocked = await self._count_auth_failure()
+            blocked = await count_auth_failure(self.transport, self.client.ip)
             text = result.text if self.settings.pass_error_message else self.generic_refusal()
             self.reply_refused(tag, text)
             self._login_failed(blocked)
@@ -510,7 +508,7 @@ class LoginFront(Protocol):
             self._start_splice(result.backend)
 
     async def _router_refused(self, decision: Refuse, tag: bytes) -> None:
-        blocked = await self._count_auth_failure()
+        blocked = await count_auth_failure(self.transport, self.client.ip)
         if not decision.wait:
             self.reply_refused(tag, one_line(decision.message))
             self.close("auth failed")
@@ -518,32 +516,6 @@ class LoginFront(Protocol):
         await _sleep(self._clock, decision.wait)
         self.reply_refused(tag, one_line(decision.message))
         self._login_failed(blocked)
-
-    async def _auth_blocked(self) -> bool:
-        """Whether the client's address may not try another login now (C{[limits]})."""
-        limits = limits_for(self.transport)
-        if limits is None:
-            return False
-        try:
-            return await limits.auth_blocked(self.client.ip)
-        except Exception:
-            self._log.failure("{protocol} limit store failed", protocol=self.protocol_name)
-            return False
-
-    async def _count_auth_failure(self) -> bool:
-        """Count a refused login against the client's address (C{[limits]}).
-
-        @return: whether that reached the address's limit: the session then ends, as an SMTP
-            session does, instead of trying more passwords.
-        """
-        limits = limits_for(self.transport)
-        if limits is None:
-            return False
-        try:
-            return await limits.auth_failed(self.client.ip)
-        except Exception:
-            self._log.failure("{protocol} limit store failed", protocol=self.protocol_name)
-            return False
 
     def _login_failed(self, blocked: bool) -> None:
         self._failures += 1
@@ -594,22 +566,15 @@ class LoginFront(Protocol):
         self._log_session(end.from_client, end.from_backend)
 
     def _log_session(self, from_client: int, from_backend: int) -> None:
-        _access_log.info(
-            "{protocol} session from {client} user {user!r} backend {backend}: {outcome}, "
-            "{bytes_from_client} bytes in, {bytes_from_backend} bytes out, {duration:.3f}s",
-            kind=f"{self.protocol_name}.session",
-            protocol=self.protocol_name,
-            client=self.client.ip,
-            client_port=self.client.port,
-            listener=f"{self.client.local_ip}:{self.client.local_port}",
-            tls=self.tls.summary(),
-            user=printable(self._flow.user),
-            backend=self._flow.backend_address,
-            backend_tls=self._flow.backend_tls,
+        log_session(
+            self.protocol_name,
+            self.client,
+            self.tls.summary(),
+            self._flow,
             attempts=self._attempt,
             outcome=self._outcome,
-            bytes_from_client=from_client,
-            bytes_from_backend=from_backend,
+            from_client=from_client,
+            from_backend=from_backend,
             duration=self._clock.seconds() - self._started,
         )
 
