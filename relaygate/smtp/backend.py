@@ -5,7 +5,7 @@ the front decides each command as the client sends it. So this keeps ESMTPClient
 (multi-line replies, bad-reply detection) and replaces the state table with a FIFO of waiters,
 which also makes RFC 2920 pipelining free: send several commands, await their replies in order.
 
-TLS to the backend: L{BackendClient.start_tls} (STARTTLS, RFC 3207) or an implicit-TLS endpoint
+TLS to the backend: L{SMTPBackendClient.start_tls} (STARTTLS, RFC 3207) or an implicit-TLS endpoint
 from L{client_endpoint}; a failed handshake or verification fails with L{BackendTLSError}.
 """
 
@@ -35,7 +35,7 @@ from zope.interface import implementer
 from relaygate.addresses import HostPort
 from relaygate.backend.connect import connect_with_failover, leg_tls_summary
 from relaygate.backend.errors import BackendError, BackendLost, BackendTLSError
-from relaygate.backend.policy import TLSCreatorFor
+from relaygate.backend.policy import BackendPolicy, TLSCreatorFor
 from relaygate.connect import set_no_delay
 from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
@@ -66,7 +66,7 @@ class BackendInfo:
 
 
 @implementer(IHandshakeListener)
-class BackendClient(smtp.ESMTPClient):
+class SMTPBackendClient(smtp.ESMTPClient):
     """An SMTP connection to a backend: C{command(line)} returns the reply to that line."""
 
     _log = Logger()
@@ -280,24 +280,24 @@ class BackendClient(smtp.ESMTPClient):
             self.abort_transport()
 
 
-async def connect_backend(
+async def connect_smtp_backend(
     reactor: IGatewayReactor,
     backends: Sequence[HostPort],
     identity: bytes,
-    connect_timeout: float,
-    reply_timeout: float,
+    policy: BackendPolicy,
     implicit_tls: TLSCreatorFor | None = None,
     preamble: bytes = b"",
-) -> tuple[BackendClient, HostPort]:
-    """Connect to the first of C{backends} that accepts and greets with 2xx (failover in order).
+) -> tuple[SMTPBackendClient, HostPort]:
+    """Connect to the first of C{backends} that accepts and greets with 220 (failover in order).
 
+    @param identity: the name the client says in EHLO.
     @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
     @param preamble: bytes sent first on each connection (a PROXY header).
-    @raise BackendUnreachable: when none does; L{BackendTLSError} when the last one tried
-        failed its TLS handshake.
+    @raise relaygate.backend.errors.BackendUnreachable: when none does;
+        L{BackendTLSError} when the last one tried failed its TLS handshake.
     """
 
-    async def greeted(client: BackendClient) -> None:
+    async def greeted(client: SMTPBackendClient) -> None:
         greeting = await client.greeting
         if greeting.code != 220:
             raise BackendError(f"greeted with {greeting.summary()}")
@@ -305,10 +305,10 @@ async def connect_backend(
     return await connect_with_failover(
         reactor,
         backends,
-        connect_timeout,
-        lambda: BackendClient(identity, reactor, reply_timeout),
+        policy.connect_timeout,
+        lambda: SMTPBackendClient(identity, reactor, policy.reply_timeout),
         implicit_tls,
         preamble,
         check=greeted,
-        drop=BackendClient.abort,
+        drop=SMTPBackendClient.abort,
     )
