@@ -52,7 +52,7 @@ from relaygate.login.flow import (
 )
 from relaygate.login.limits import auth_blocked, count_auth_failure
 from relaygate.login.line_client import LineBackendClient
-from relaygate.login.phase import Event, Phase, PhaseMachine
+from relaygate.login.phase import Event, LoginPhase, PhaseMachine
 from relaygate.login.settings import LoginSettings
 from relaygate.policy import TOO_MANY_AUTH_FAILURES, refusal
 from relaygate.proxy_protocol import proxy_addresses
@@ -104,7 +104,7 @@ class LoginFront(Protocol):
             router,
             reactor,
             self.backend_login,
-            lambda: self.state is Phase.CLOSED,
+            lambda: self.state is LoginPhase.CLOSED,
         )
         self.salt = b""
         self._exchange: SASLExchange | None = None
@@ -124,11 +124,11 @@ class LoginFront(Protocol):
         self.client = ClientAddress("", 0, "", 0)
 
     @property
-    def state(self) -> Phase:
+    def state(self) -> LoginPhase:
         """The session's phase (changed only by L{_enter})."""
         return self._phases.phase
 
-    def _enter(self, event: Event) -> Phase:
+    def _enter(self, event: Event) -> LoginPhase:
         """The one place the phase changes; returns the phase left."""
         return self._phases.feed(event)
 
@@ -210,10 +210,10 @@ class LoginFront(Protocol):
         if self._splice is not None:
             self._splice.from_client(data)
             return
-        if self.state is Phase.CLOSED:
+        if self.state is LoginPhase.CLOSED:
             return
         self.buffer += data
-        if self.state is Phase.READING:
+        if self.state is LoginPhase.READING:
             self._restart_idle()
         self.process()
 
@@ -229,7 +229,7 @@ class LoginFront(Protocol):
             self._work.cancel()
         if self._flow.backend is not None:
             self._flow.backend.close()
-        if previous is not Phase.CLOSED:
+        if previous is not LoginPhase.CLOSED:
             # Nobody decided to close: the client left before a login completed.
             self._outcome = "client closed before login"
         self._log_session(0, 0)
@@ -241,7 +241,7 @@ class LoginFront(Protocol):
             self._splice.client_eof()
             return
         self._client_eof = True
-        if self.state in (Phase.READING, Phase.WORKING):
+        if self.state in (LoginPhase.READING, LoginPhase.WORKING):
             self.process()
         elif self.transport is not None:
             self.transport.loseConnection()
@@ -303,7 +303,7 @@ class LoginFront(Protocol):
 
     def handshakeCompleted(self) -> None:
         """TLS is up (implicit, or after STARTTLS): check the client certificate, then read."""
-        if self.state is not Phase.HANDSHAKE:
+        if self.state is not LoginPhase.HANDSHAKE:
             self.tls.stop()
             return
         after = self.tls.completed(self.transport, self.client.ip)
@@ -331,19 +331,23 @@ class LoginFront(Protocol):
     def process(self) -> None:
         """Handle buffered input while the front is reading and the client reads our answers."""
         if self.tls.pending is not None:
-            if self.state is Phase.READING and b"\n" in self.buffer:
+            if self.state is LoginPhase.READING and b"\n" in self.buffer:
                 self._refuse_certificate()
         else:
             while (
-                self.state is Phase.READING
+                self.state is LoginPhase.READING
                 and "output" not in self._paused_for
                 and self.buffer
                 and self.step()
             ):
                 pass
-        if self.state is Phase.WORKING and len(self.buffer) > self._high_water:
+        if self.state is LoginPhase.WORKING and len(self.buffer) > self._high_water:
             self._pause("busy")
-        if self._client_eof and self.state is Phase.READING and "output" not in self._paused_for:
+        if (
+            self._client_eof
+            and self.state is LoginPhase.READING
+            and "output" not in self._paused_for
+        ):
             # Every complete command the client sent before its half-close is answered; what
             # is left is a partial line that can never complete.
             self.close("client closed before login")
@@ -362,12 +366,12 @@ class LoginFront(Protocol):
 
     def write(self, data: bytes) -> None:
         """Send C{data} to the client."""
-        if self.transport is not None and self.state is not Phase.CLOSED:
+        if self.transport is not None and self.state is not LoginPhase.CLOSED:
             self.transport.write(data)
 
     def close(self, outcome: str) -> None:
         """Stop reading and close after our last answer is sent."""
-        if self.state is Phase.CLOSED:
+        if self.state is LoginPhase.CLOSED:
             return
         self._outcome = outcome
         previous = self._enter(Event.CLOSED)
@@ -375,7 +379,7 @@ class LoginFront(Protocol):
         self.tls.stop()
         if self.transport is None:
             return
-        if previous is not Phase.SPLICED:
+        if previous is not LoginPhase.SPLICED:
             # A TLS transport sends its close_notify only once no producer is registered
             # (twisted.protocols.tls), and must read the peer's: stop being its producer.
             IConsumer(self.transport).unregisterProducer()
@@ -409,7 +413,7 @@ class LoginFront(Protocol):
 
     def _idle_expired(self) -> None:
         self._idle = None
-        if self.state is Phase.READING:
+        if self.state is LoginPhase.READING:
             self.reply_timeout()
             self.close("timeout")
 
@@ -532,7 +536,7 @@ class LoginFront(Protocol):
         self.process()
 
     def _internal_error(self) -> None:
-        if self.state is Phase.CLOSED:
+        if self.state is LoginPhase.CLOSED:
             return
         self.reply_internal_error()
         self.close("internal error")

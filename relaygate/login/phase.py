@@ -1,10 +1,11 @@
 """The phases of an IMAP or POP3 front session, and the only way from one to the next.
 
-A front starts L{Phase.READING} (or goes straight to L{Phase.HANDSHAKE} on an implicit-TLS
-listener), reads pre-auth commands until a login starts (L{Phase.WORKING}: router and backend),
-and either goes back to reading after a refusal or relays (L{Phase.SPLICED}); any phase can end
-(L{Phase.CLOSED}). L{PhaseMachine.feed} is the one place the phase changes: it refuses a move
-the table does not list, so a bug shows as an error instead of a session in two phases.
+A front starts L{LoginPhase.READING} (or goes straight to L{LoginPhase.HANDSHAKE} on an
+implicit-TLS listener), reads pre-auth commands until a login starts (L{LoginPhase.WORKING}:
+router and backend), and either goes back to reading after a refusal or relays
+(L{LoginPhase.SPLICED}); any phase can end (L{LoginPhase.CLOSED}). L{PhaseMachine.feed} is the
+one place the phase changes: it refuses a move the table does not list, so a bug shows as an
+error instead of a session in two phases.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import enum
 from typing import Final
 
 
-class Phase(enum.Enum):
+class LoginPhase(enum.Enum):
     """Where a front is."""
 
     HANDSHAKE = "handshake"
@@ -39,13 +40,13 @@ class Event(enum.Enum):
     CLOSED = "closed"
 
 
-_TRANSITIONS: Final[dict[tuple[Phase, Event], Phase]] = {
-    (Phase.READING, Event.TLS_STARTED): Phase.HANDSHAKE,
-    (Phase.HANDSHAKE, Event.TLS_UP): Phase.READING,
-    (Phase.READING, Event.LOGIN_STARTED): Phase.WORKING,
-    (Phase.WORKING, Event.LOGIN_FAILED): Phase.READING,
-    (Phase.WORKING, Event.LOGGED_IN): Phase.SPLICED,
-    **{(phase, Event.CLOSED): Phase.CLOSED for phase in Phase},
+_TRANSITIONS: Final[dict[tuple[LoginPhase, Event], LoginPhase]] = {
+    (LoginPhase.READING, Event.TLS_STARTED): LoginPhase.HANDSHAKE,
+    (LoginPhase.HANDSHAKE, Event.TLS_UP): LoginPhase.READING,
+    (LoginPhase.READING, Event.LOGIN_STARTED): LoginPhase.WORKING,
+    (LoginPhase.WORKING, Event.LOGIN_FAILED): LoginPhase.READING,
+    (LoginPhase.WORKING, Event.LOGGED_IN): LoginPhase.SPLICED,
+    **{(phase, Event.CLOSED): LoginPhase.CLOSED for phase in LoginPhase},
 }
 
 
@@ -57,9 +58,9 @@ class PhaseMachine:
     """The current phase, changed only by L{feed}."""
 
     def __init__(self) -> None:
-        self.phase = Phase.READING
+        self.phase = LoginPhase.READING
 
-    def feed(self, event: Event) -> Phase:
+    def feed(self, event: Event) -> LoginPhase:
         """Move on for C{event}; return the phase the session was in before.
 
         @raise InvalidTransition: when C{event} cannot happen in the current phase.
