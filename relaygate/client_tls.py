@@ -107,13 +107,14 @@ class ClientTLSGate:
         self.handshaking = True
         self._timer.start()
 
-    def start_tls(self, transport: object, discarded: int, client: str) -> None:
+    def start_tls(self, transport: object, discarded: int | None, client: str) -> None:
         """Switch C{transport} to TLS after the front's positive answer to STARTTLS/STLS.
 
-        @param discarded: how many bytes the client pipelined after the command; the front
-            has already dropped them (they came in plaintext), this only logs it.
+        @param discarded: how many bytes the client pipelined after the command (C{None} when
+            nothing); the front has already dropped them (they came in plaintext), this only
+            logs it.
         """
-        if discarded:
+        if discarded is not None:
             self._log.info(
                 "{protocol} client {client} pipelined {count} bytes after STARTTLS: discarded",
                 protocol=self._protocol,

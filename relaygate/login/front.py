@@ -273,7 +273,7 @@ class LoginFront(Protocol):
         if not self.tls.offers_starttls():
             return False
         assert self.transport is not None
-        discarded = len(self.buffer)
+        discarded = len(self.buffer) or None
         self.buffer.clear()
         self._exchange = None
         self.reset_session()
