@@ -3,20 +3,31 @@ through the front and on their own."""
 
 from __future__ import annotations
 
+from typing import cast
+
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaygate.config.load import parse
+from relaygate.listeners import new_server_tls
+from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.client_input import (
     BUFFER_LIMIT,
     BackendPauses,
+    ClientOutput,
     InputQueue,
     InputRunner,
     LineError,
     ReadPauses,
 )
+from relaygate.smtp.front import SMTPFrontFactory
 from relaygate.smtp.phase import SessionPhase
-from relaygate.smtp.replies import R_INTERNAL, R_OK, Reply
-from tests.smtp_harness import FrontHarness
+from relaygate.smtp.replies import R_HELP, R_INTERNAL, R_OK, Reply
+from tests.certs import make_pki
+from tests.smtp_harness import FakeRouter, FrontHarness, make_config
 
 
 class InputLimitTests(SynchronousTestCase):
@@ -120,6 +131,12 @@ class _Producer:
     def resumeProducing(self) -> None:
         self.calls.append("resume")
 
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        self.calls.append("register")
+
+    def unregisterProducer(self) -> None:
+        self.calls.append("unregister")
+
 
 class _Target:
     """An input target that records what the runner hands it."""
@@ -131,6 +148,7 @@ class _Target:
         self.answers: list[Reply | None] = []
         self.body_open = False
         self.timer_resets = 0
+        self.exhausted = 0
 
     def in_body(self) -> bool:
         return self.body_open
@@ -149,6 +167,9 @@ class _Target:
 
     def resetTimeout(self) -> None:  # noqa: N802 (TimeoutMixin's name)
         self.timer_resets += 1
+
+    def input_exhausted(self) -> None:
+        self.exhausted += 1
 
 
 def runner(max_line_length: int = 512) -> tuple[InputRunner, _Target, SessionPhase]:
@@ -343,3 +364,99 @@ class InputRunnerTests(SynchronousTestCase):
         [logged] = self.flushLoggedErrors(ValueError)
         self.assertEqual(logged.value.args, (b"NOOP",))
         self.assertEqual(target.answers, [R_OK])
+
+
+class _TCPTransport(StringTransport):
+    """A L{StringTransport} that takes the TCP options the front sets."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802 (ITCPTransport's name)
+        """Nothing to set in memory."""
+
+
+class OutputBoundTests(SynchronousTestCase):
+    """A client that does not read its replies is not read (issue #11, defect 1)."""
+
+    def test_unread_replies_pause_reading_and_commands(self) -> None:
+        """While the transport's write buffer is over its bound, nothing more is read or run."""
+        h = FrontHarness()
+        self.assertEqual(h.replies(), b"220 gw.test ESMTP\r\n")
+        output = h.client.producer
+        assert isinstance(output, ClientOutput)
+        # What a TCP transport does when its write buffer passes its bound.
+        output.pauseProducing()
+        self.assertEqual(h.client.producerState, "paused")
+        h.send(b"NOOP\r\nHELP\r\n")
+        self.assertEqual(h.replies(), b"")
+        output.resumeProducing()
+        self.assertEqual(h.client.producerState, "producing")
+        self.assertEqual(h.replies(), b"250 2.0.0 Ok\r\n" + R_HELP.to_wire())
+
+    def test_output_pause_keeps_other_pauses(self) -> None:
+        """Reading resumes only when the backend's pause (a full backend) is lifted too."""
+        h = FrontHarness()
+        output = h.client.producer
+        assert output is not None
+        output.pauseProducing()
+        h.front._runner.pauses.pause("backend")
+        output.resumeProducing()
+        self.assertEqual(h.client.producerState, "paused")
+        h.front._runner.pauses.resume("backend")
+        self.assertEqual(h.client.producerState, "producing")
+
+    def test_close_stops_being_the_producer(self) -> None:
+        """QUIT unregisters the producer (a transport closes only without one) and reads again."""
+        h = FrontHarness()
+        output = h.client.producer
+        assert output is not None
+        output.pauseProducing()
+        h.send(b"QUIT\r\n")
+        output.resumeProducing()
+        self.assertEqual(h.replies(), b"220 gw.test ESMTP\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertIsNone(h.client.producer)
+        self.assertEqual(h.client.producerState, "producing")
+        self.assertTrue(h.client.disconnecting)
+
+    def test_bound_over_tls_is_the_tcp_transports(self) -> None:
+        """Over implicit TLS the TCP transport below TLS pauses the front, which stops reading."""
+        pki = make_pki(self.mktemp())
+        config = make_config()
+        config["listen"][0]["tls"] = "implicit"
+        config["tls"] = {"certificate": pki.server.certificate, "key": pki.server.key}
+        loaded = parse(config, "test.toml")
+        server_tls = new_server_tls(loaded.listen[0], loaded)
+        assert server_tls is not None
+        reactor = MemoryReactorClock()
+        factory = SMTPFrontFactory(
+            loaded,
+            loaded.listen[0],
+            FakeRouter(),
+            cast(IGatewayReactor, reactor),
+            server_tls=server_tls,
+        )
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        tls = TLSMemoryBIOFactory(server_tls, False, factory).buildProtocol(peer)
+        tcp = _TCPTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 465))
+        tls.makeConnection(tcp)
+        membrane = tcp.producer
+        assert membrane is not None
+        membrane.pauseProducing()
+        self.assertEqual(tcp.producerState, "paused")
+        membrane.resumeProducing()
+        self.assertEqual(tcp.producerState, "producing")
+
+    def test_end_of_input_after_the_waiting_command(self) -> None:
+        """After a half-close the target hears that input is done only once every queued
+        line has run, behind a waiting command too."""
+        run, target, _ = runner()
+        waiting: Deferred[Reply | None] = Deferred()
+
+        async def work() -> Reply | None:
+            return await waiting
+
+        run.start(work())
+        run.received(b"A\r\nB")
+        run.end_input()
+        self.assertEqual(target.exhausted, 0)
+        waiting.callback(R_OK)
+        self.assertEqual(target.lines, [b"A"])
+        self.assertEqual(target.exhausted, 1)

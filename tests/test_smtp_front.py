@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -236,4 +237,71 @@ class GreetingDelayTests(SynchronousTestCase):
         self.assertTrue(h.client.disconnecting)
         self.assertEqual(h.front.session.end, "talked before the greeting")
         h.reactor.advance(5)
+        self.assertEqual(h.replies(), b"")
+
+
+class HalfCloseTests(SynchronousTestCase):
+    """A client that half-closes gets every reply it is owed, then the close (issue #11,
+    defect 5), as Postfix answers it."""
+
+    def test_front_is_half_closeable(self) -> None:
+        """TCP (and relaygate's PROXY and limits wrappers) tell the front of a half-close."""
+        self.assertTrue(IHalfCloseableProtocol.providedBy(FrontHarness().front))
+
+    def test_body_dot_quit_then_half_close(self) -> None:
+        """Body, dot and QUIT in one write, then EOF: the backend's 250, then 221, then close."""
+        h = FrontHarness()
+        backend = h.open_transaction()
+        h.send(b"DATA\r\n")
+        backend.received()
+        backend.reply(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        h.replies()
+        h.send(b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        h.front.readConnectionLost()
+        self.assertEqual(backend.received(), b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+        self.assertEqual(h.replies(), b"")
+        self.assertFalse(h.client.disconnecting)
+        backend.reply(b"250 2.0.0 Ok: queued as ABC\r\n")
+        self.assertEqual(h.replies(), b"250 2.0.0 Ok: queued as ABC\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertTrue(h.client.disconnecting)
+        self.assertEqual(h.front.session.delivered, 1)
+
+    def test_mail_rcpt_quit_then_half_close(self) -> None:
+        """MAIL, RCPT and QUIT, then EOF: every reply, the backend's RCPT reply included."""
+        h = FrontHarness()
+        h.send(b"EHLO client.test\r\n")
+        h.replies()
+        h.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nQUIT\r\n")
+        h.front.readConnectionLost()
+        backend = h.connect_backend()
+        backend.received()
+        backend.reply(b"250-backend\r\n250 PIPELINING\r\n")
+        self.assertFalse(h.client.disconnecting)
+        backend.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
+        self.assertEqual(h.replies(), b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertTrue(h.client.disconnecting)
+
+    def test_half_close_without_quit(self) -> None:
+        """Commands before EOF are answered; an unfinished last line is not; then close."""
+        h = FrontHarness()
+        h.replies()
+        h.send(b"NOOP\r\nNOO")
+        h.front.readConnectionLost()
+        self.assertEqual(h.replies(), b"250 2.0.0 Ok\r\n")
+        self.assertTrue(h.client.disconnecting)
+        self.assertEqual(h.front.session.end, "client closed")
+
+    def test_half_close_mid_body_abandons_the_message(self) -> None:
+        """EOF before the final dot: the backend connection is cut, the message never ends."""
+        h = FrontHarness()
+        backend = h.open_transaction()
+        h.send(b"DATA\r\n")
+        backend.received()
+        backend.reply(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+        h.replies()
+        h.send(b"Subject: hi\r\n\r\nbody\r\n")
+        h.front.readConnectionLost()
+        self.assertEqual(backend.received(), b"Subject: hi\r\n\r\nbody\r\n")
+        self.assertTrue(backend.transport.disconnecting)
+        self.assertTrue(h.client.disconnecting)
         self.assertEqual(h.replies(), b"")

@@ -27,6 +27,9 @@ from relaygate.smtp.replies import R_INTERNAL, Reply
 BUFFER_LIMIT = 65536
 """Pipelined input held behind a pending command before reading pauses."""
 
+OUTPUT = "output"
+"""The pause reason while the client's transport holds more unsent replies than its bound."""
+
 
 class LineError(enum.Enum):
     """A line the front answers as a client mistake instead of running it."""
@@ -103,11 +106,18 @@ class _Reading(Protocol):
     def resumeProducing(self) -> None: ...
 
 
+class _Transport(_Reading, Protocol):
+    """The client transport as a consumer of the session's replies, too."""
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+
+
 class ReadPauses:
     """Why reading from the client is paused; it resumes when no reason is left."""
 
     def __init__(self) -> None:
-        self.producer: _Reading | None = None
+        self.producer: _Transport | None = None
         """The client's transport while the connection is up."""
         self.reasons: set[str] = set()
 
@@ -126,6 +136,34 @@ class ReadPauses:
         if not self.reasons and producer is not None:
             if not getattr(producer, "disconnecting", False):
                 producer.resumeProducing()
+
+
+@implementer(IPushProducer)
+class ClientOutput:
+    """Registered on the client's own transport: a client that does not read its replies is
+    not read either.
+
+    The transport pauses its producer while its write buffer is over its bound (for TCP its
+    C{bufferSize}, L{relaygate.connect.RELAY_BUFFER_SIZE}; over TLS the TCP transport's bound
+    on the ciphertext, through L{twisted.protocols.tls}'s producer membrane) and resumes it
+    once the buffer has drained.
+    Meanwhile reading pauses and no queued command runs, so the replies waiting for the client
+    stay bounded (as the IMAP and POP3 fronts do).
+    """
+
+    def __init__(self, runner: InputRunner) -> None:
+        self._runner = runner
+
+    def pauseProducing(self) -> None:
+        self._runner.pauses.pause(OUTPUT)
+
+    def resumeProducing(self) -> None:
+        self._runner.pauses.resume(OUTPUT)
+        self._runner.run()
+
+    def stopProducing(self) -> None:
+        # The connection is going; the front cleans up in connectionLost.
+        self._runner.pauses.resume(OUTPUT)
 
 
 @implementer(IPushProducer)
@@ -167,6 +205,9 @@ class InputTarget(Protocol):
     def resetTimeout(self) -> None:  # noqa: N802 (TimeoutMixin's name)
         """The client's silence starts now (L{twisted.protocols.policies.TimeoutMixin})."""
 
+    def input_exhausted(self) -> None:
+        """The client half-closed and everything it sent has run and been answered."""
+
 
 class InputRunner:
     """Runs the client's input in order: one line at a time, body bytes to the relay, and
@@ -179,8 +220,29 @@ class InputRunner:
         self.pauses = ReadPauses()
         self.pending: Deferred[None] | None = None
         """The waiting command's reply, while there is one."""
+        self.input_ended = False
+        """True once the client has half-closed: no more input will come."""
         self._target = target
         self._phase = phase
+        self._output: ClientOutput | None = None
+
+    def attach(self, transport: _Transport) -> None:
+        """Read from C{transport}, and be its producer: its write buffer's bound pauses us."""
+        self.pauses.producer = transport
+        self._output = ClientOutput(self)
+        transport.registerProducer(self._output, True)
+
+    def detach(self) -> None:
+        """The session closes: stop being the transport's producer, and read again.
+
+        A transport closes (and TLS sends its close_notify) only once no producer is
+        registered, and TLS must read the peer's close_notify.
+        """
+        transport = self.pauses.producer
+        if self._output is not None and transport is not None:
+            self._output = None
+            transport.unregisterProducer()
+            self.pauses.resume(OUTPUT)
 
     def received(self, data: bytes) -> None:
         """Bytes from the client: queue them and run what can run."""
@@ -201,15 +263,18 @@ class InputRunner:
             return
         queue.draining = True
         target = self._target
+        exhausted = False
         try:
-            while self._phase.runs_input:
+            while self._phase.runs_input and OUTPUT not in self.pauses.reasons:
                 if target.in_body():
                     if not queue.buffer:
+                        exhausted = True
                         break
                     target.feed_body(queue.take())
                     continue
                 line = queue.next_line()
                 if line is None:
+                    exhausted = True
                     break
                 if isinstance(line, bytes):
                     target.lineReceived(line)
@@ -221,6 +286,14 @@ class InputRunner:
             self.pauses.pause("pipeline")
         elif not queue.over_limit:
             self.pauses.resume("pipeline")
+        if exhausted and self.input_ended:
+            # Every command the client sent before its half-close has run and been answered.
+            target.input_exhausted()
+
+    def end_input(self) -> None:
+        """The client half-closed: run what it sent, then tell the target it is all done."""
+        self.input_ended = True
+        self.run()
 
     def start(self, work: Coroutine[Any, Any, Reply | None], final: bool = False) -> None:
         """Run a command that waits (router, backend); later input waits for its reply.

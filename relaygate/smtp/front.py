@@ -15,7 +15,12 @@ import os
 from typing import Any
 
 from twisted.internet import error as net_error
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+)
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -37,6 +42,7 @@ from relaygate.smtp.backend import CONNECTION_DONE, RelayTransport, SMTPBackendC
 from relaygate.smtp.backend_leg import BackendLeg
 from relaygate.smtp.client_input import InputRunner, LineError
 from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
+from relaygate.smtp.greeting import R_EARLY_TALKER, GreetingDelay
 from relaygate.smtp.phase import Phase, SessionPhase
 from relaygate.smtp.replies import (
     R_BAD_CHARS,
@@ -74,10 +80,8 @@ from relaygate.tls.server import ServerTLS
 
 _session_ids = itertools.count(1)
 
-R_EARLY_TALKER = Reply(554, (b"5.5.0 Error: improper use of SMTP command pipelining",))
 
-
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class SMTPFront(smtp.ESMTP):
     """One client session: answers SMTP itself until a RCPT is routed, then relays."""
 
@@ -102,7 +106,7 @@ class SMTPFront(smtp.ESMTP):
             reactor, "smtp", settings.tls_mode, settings.server_tls, self._handshake_expired
         )
         self._session_timer: IDelayedCall | None = None
-        self._greeting_timer: IDelayedCall | None = None
+        self._greeting = GreetingDelay(reactor, settings.greeting_delay, self._greet)
         self._limits: Limits | None = None
         self._submission = Submission(settings, reactor)
         self._leg = BackendLeg(settings, router, reactor, self._facts, self._submission)
@@ -123,10 +127,10 @@ class SMTPFront(smtp.ESMTP):
             started=self._reactor.seconds(),
         )
         set_no_delay(transport)
-        self._runner.pauses.producer = self.raw_transport
+        self._runner.attach(self.raw_transport)
         self._session_timer = self.callLater(self._settings.session_timeout, self._session_expired)
-        delay = self._settings.greeting_delay
-        self._phase.connection_made(implicit_tls=self._tls.implicit, delay_greeting=bool(delay))
+        delay = bool(self._greeting.delay)
+        self._phase.connection_made(implicit_tls=self._tls.implicit, delay_greeting=delay)
         if self._tls.implicit:
             # The greeting waits for the handshake (handshakeCompleted): a client whose
             # certificate is refused gets nginx's reply instead of it.
@@ -134,22 +138,18 @@ class SMTPFront(smtp.ESMTP):
             self.setTimeout(self.timeout)
             return
         if delay:
-            # nginx's smtp_greeting_delay: spam engines talk before the 220, real clients wait.
-            self._greeting_timer = self.callLater(delay, self._greet)
+            self._greeting.start()
             return
         super().connectionMade()
 
     def _greet(self) -> None:
-        self._greeting_timer = None
         if self._phase.current is Phase.GREETING:
             self._phase.greeted()
         smtp.ESMTP.connectionMade(self)
 
     def _early_talker(self) -> None:
         """Data before the delayed greeting: refuse it as nginx does."""
-        timer, self._greeting_timer = self._greeting_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
+        self._greeting.stop()
         self.session.end = "talked before the greeting"
         self._log.info("closing {client}: talked before the greeting", client=self.session.client)
         self._reply_and_close(R_EARLY_TALKER)
@@ -170,10 +170,9 @@ class SMTPFront(smtp.ESMTP):
         self._phase.connection_lost()
         self._runner.pauses.producer = None
         self.setTimeout(None)
-        for timer in (self._session_timer, self._greeting_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._greeting_timer = None
+        if self._session_timer is not None and self._session_timer.active():
+            self._session_timer.cancel()
+        self._greeting.stop()
         self._tls.stop()
         if not self.session.end:
             self.session.end = (
@@ -187,11 +186,7 @@ class SMTPFront(smtp.ESMTP):
     def _clean_up(self) -> None:
         """End the session's work: an unfinished message is cut off at the backend, never
         completed; a final dot already sent keeps its transaction until the backend answers.
-
-        Runs when the gateway closes and again when the connection is gone; the second run
-        finds nothing left to do, unless a final reply arrived in between (then the backend
-        connection goes now).
-        """
+        Runs on close and again on loss (then only what a final reply left: the backend)."""
         final = self._phase.final_pending
         self._runner.cancel()
         self._abort_body()
@@ -199,11 +194,27 @@ class SMTPFront(smtp.ESMTP):
             self._end_transaction("abandoned", self.session.end, reset_backend=False)
             self._leg.drop()
 
+    def readConnectionLost(self) -> None:
+        """The client shut down its sending side: answer all it sent, then close (as Postfix
+        does); closing at once would lose a 250 and the client would send the message again."""
+        self._runner.end_input()
+
+    def writeConnectionLost(self) -> None:
+        """Not used: the front never half-closes its own side."""
+
+    def input_exhausted(self) -> None:
+        """The half-closed client has every reply it is owed: close."""
+        if self._phase.runs_input:
+            if not self.session.end:
+                self.session.end = "client closed"
+            self._close()
+
     def _close(self) -> None:
         """End the session: clean up, then close once what was written is sent."""
         self._phase.close()
         self._clean_up()
         assert self.transport is not None
+        self._runner.detach()
         self.transport.loseConnection()
 
     @override
@@ -397,6 +408,8 @@ class SMTPFront(smtp.ESMTP):
         """Do what the submission logic decided."""
         self._sync_mode()
         if isinstance(outcome, Answer):
+            if outcome.user is not None:
+                self.session.user = outcome.user
             self.send_reply(outcome.reply)
         elif isinstance(outcome, Mistake):
             self._protocol_error(outcome.reply)
@@ -407,18 +420,12 @@ class SMTPFront(smtp.ESMTP):
             assert isinstance(outcome, Authenticate)
             self._runner.start(self._authenticate(outcome.credentials))
 
-    async def _authenticate(self, credentials: Credentials) -> Reply | None:
-        """Ask the router about C{credentials}; the reply to AUTH, or C{None} after a close."""
-        outcome = await self._submission.authenticate(
-            credentials, self._facts, self._router, self._limits
+    async def _authenticate(self, credentials: Credentials) -> None:
+        """Ask the router about C{credentials} and answer AUTH (or close)."""
+        submission = self._submission
+        self._apply(
+            await submission.authenticate(credentials, self._facts, self._router, self._limits)
         )
-        if isinstance(outcome, Close):
-            self.session.end = outcome.end
-            self._reply_and_close(outcome.reply)
-            return None
-        if outcome.user is not None:
-            self.session.user = outcome.user
-        return outcome.reply
 
     def do_QUIT(self, rest: bytes) -> None:
         self.session.end = "quit"
