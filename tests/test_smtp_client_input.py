@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaygate.config.load import parse
 from relaygate.listeners import new_server_tls
 from relaygate.reactor import IGatewayReactor
+from relaygate.routing.router import Decision, Refuse
 from relaygate.smtp.client_input import (
     BUFFER_LIMIT,
     BackendPauses,
@@ -460,3 +461,37 @@ class OutputBoundTests(SynchronousTestCase):
         waiting.callback(R_OK)
         self.assertEqual(target.lines, [b"A"])
         self.assertEqual(target.exhausted, 1)
+
+
+class PipelineLimitTests(SynchronousTestCase):
+    """Reading pauses while more than BUFFER_LIMIT octets wait behind a pending command
+    (issue #11, defect 8), and resumes once the queue has drained."""
+
+    def test_input_over_the_limit_pauses_reading(self) -> None:
+        """Over BUFFER_LIMIT queued behind a RCPT waiting on the router: reading pauses; the
+        router's answer runs the queue, every command is answered, and reading resumes."""
+        h = FrontHarness()
+        answer: Deferred[Decision] = Deferred()
+        h.router.answer = answer
+        h.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
+        h.replies()
+        noops = BUFFER_LIMIT // len(b"NOOP\r\n")
+        h.send(b"NOOP\r\n" * noops)
+        self.assertEqual(h.client.producerState, "producing")
+        h.send(b"NOOP\r\n")
+        self.assertEqual(h.client.producerState, "paused")
+        self.assertEqual(h.replies(), b"")
+        answer.callback(Refuse("No such user"))
+        self.assertEqual(
+            h.replies(), b"550 5.7.1 No such user\r\n" + b"250 2.0.0 Ok\r\n" * (noops + 1)
+        )
+        self.assertEqual(h.client.producerState, "producing")
+
+    def test_runner_pauses_only_while_a_command_waits(self) -> None:
+        """The same amount of input with no command waiting runs at once: no pause."""
+        run, target, _ = runner()
+        producer = _Producer()
+        run.pauses.producer = producer
+        run.received(b"x\r\n" * (BUFFER_LIMIT // 3 + 1))
+        self.assertEqual(producer.calls, [])
+        self.assertEqual(len(target.lines), BUFFER_LIMIT // 3 + 1)
