@@ -1,5 +1,6 @@
-"""IMAP and POP3 fronts behind the PROXY reader and the limits: the real client reaches the
-router, refused logins count against its address, and backends can get a PROXY header."""
+"""Tests for L{relaygate.login.flow}: one login attempt's results, alone and with the fronts
+wired behind the PROXY reader and the limits (the real client reaches the router, refused
+logins count against its address, backends can get a PROXY header)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,28 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.addresses import HostPort
+from relaygate.addresses import ClientAddress, HostPort
+from relaygate.backend.errors import BackendError
 from relaygate.config.limits import LimitsConfig
 from relaygate.imap import IMAPFrontFactory
 from relaygate.listeners import new_server_tls
+from relaygate.login.flow import (
+    BackendRefused,
+    LoggedIn,
+    LoginFlow,
+    LoginLeg,
+    LoginOutcome,
+    LoginResult,
+    Refused,
+    Relay,
+    RouterRefused,
+    Unavailable,
+)
+from relaygate.login.settings import LoginSettings
 from relaygate.policy import AUTH_FAILURES, HOUR, LimitedFactory, Limits, MemoryLimitStore
 from relaygate.pop3 import POP3FrontFactory
 from relaygate.proxy_protocol import ProxyProtocolFactory, TrustedNetworks, parse_header
-from relaygate.routing.router import Accept, ProxyAddresses, Refuse
+from relaygate.routing.router import Accept, AuthRequest, ProxyAddresses, Refuse, RouterUnavailable
 from tests.fronts import ScriptedRouter, backend_connection, gateway, make_config, take
 
 HEADER = b"PROXY TCP4 192.0.2.7 127.0.0.1 40001 1143\r\n"
@@ -179,3 +194,92 @@ class FailedLoginLimitTests(WiredFrontTestCase):
         )
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.router.requests, [])
+
+
+class _Dialogue:
+    """A scripted backend login: records what it was asked, answers as told."""
+
+    def __init__(self, outcome: LoginOutcome | Exception) -> None:
+        self.outcome = outcome
+        self.calls: list[tuple[bytes, bytes, bytes, str]] = []
+
+    async def __call__(
+        self, leg: LoginLeg, tag: bytes, user: bytes, password: bytes
+    ) -> LoginOutcome:
+        self.calls.append((tag, user, password, leg.tls_mode))
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+CLIENT = ClientAddress("192.0.2.7", 40000, "127.0.0.1", 1143)
+REQUEST = AuthRequest("imap", "192.0.2.7", 40000, "plain", b"alice", b"pw")
+
+
+class LoginFlowTests(SynchronousTestCase):
+    """L{LoginFlow.attempt} on a memory reactor with a scripted router and dialogue."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.router = ScriptedRouter()
+        config = make_config(imap={"backend_tls": "opportunistic"})
+        self.settings = LoginSettings.from_section(config, config.listen[0], config.imap, None)
+
+    def attempt(
+        self, dialogue: _Dialogue, request: AuthRequest = REQUEST
+    ) -> tuple[LoginFlow, Deferred[LoginResult]]:
+        flow = LoginFlow(
+            "imap", self.settings, self.router, gateway(self.reactor), dialogue, lambda: False
+        )
+        return flow, Deferred.fromCoroutine(flow.attempt(request, b"a", CLIENT))
+
+    def test_relay(self) -> None:
+        """Accepted and logged in: relay, with the router's user and the section's TLS mode."""
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 143),), user=b"bob")
+        dialogue = _Dialogue(LoggedIn(b"a OK\r\n"))
+        flow, d = self.attempt(dialogue)
+        backend_connection(self.reactor)
+        result = self.successResultOf(d)
+        assert isinstance(result, Relay)
+        self.assertEqual(result.outcome, LoggedIn(b"a OK\r\n"))
+        self.assertIs(result.backend, flow.backend)
+        self.assertEqual(dialogue.calls, [(b"a", b"bob", b"pw", "opportunistic")])
+        self.assertEqual((flow.user, flow.backend_address), (b"bob", "127.0.0.1:143"))
+
+    def test_router_refused(self) -> None:
+        """The router's refusal comes back as is; no backend is tried."""
+        refusal = Refuse("Invalid login or password", wait=2.0)
+        self.router.answer = lambda r: refusal
+        _, d = self.attempt(_Dialogue(LoggedIn(b"")))
+        self.assertEqual(self.successResultOf(d), RouterRefused(refusal))
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_backend_refused(self) -> None:
+        """The backend's refusal closes that connection and comes back with its text."""
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 143),))
+        flow, d = self.attempt(_Dialogue(Refused(b"[AUTHENTICATIONFAILED] no")))
+        _, backend_transport = backend_connection(self.reactor)
+        self.assertEqual(self.successResultOf(d), BackendRefused(b"[AUTHENTICATIONFAILED] no"))
+        self.assertTrue(backend_transport.disconnecting)
+        self.assertIsNone(flow.backend)
+
+    def test_unavailable(self) -> None:
+        """Router failure, an answer without a password, no backend, or a broken dialogue."""
+        self.router.answer = lambda r: RouterUnavailable("down")
+        self.assertEqual(
+            self.successResultOf(self.attempt(_Dialogue(LoggedIn(b"")))[1]), Unavailable()
+        )
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 143),))
+        apop = AuthRequest("pop3", "192.0.2.7", 40000, "apop", b"alice", b"digest")
+        self.assertEqual(
+            self.successResultOf(self.attempt(_Dialogue(LoggedIn(b"")), apop)[1]), Unavailable()
+        )
+        self.router.answer = lambda r: Accept(())
+        self.assertEqual(
+            self.successResultOf(self.attempt(_Dialogue(LoggedIn(b"")))[1]), Unavailable()
+        )
+        self.router.answer = lambda r: Accept((HostPort("127.0.0.1", 143),))
+        _, d = self.attempt(_Dialogue(BackendError("garbage")))
+        _, backend_transport = backend_connection(self.reactor)
+        self.assertEqual(self.successResultOf(d), Unavailable())
+        self.assertTrue(backend_transport.disconnecting)
