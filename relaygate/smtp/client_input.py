@@ -282,9 +282,10 @@ class InputRunner:
                     target.refuse_line(line)
         finally:
             queue.draining = False
-        if queue.over_limit and self._phase.waiting:
-            self.pauses.pause("pipeline")
-        elif not queue.over_limit:
+        if len(queue.buffer) > BUFFER_LIMIT:
+            if self._phase.waiting:
+                self.pauses.pause("pipeline")
+        elif "pipeline" in self.pauses.reasons:
             self.pauses.resume("pipeline")
         if exhausted and self.input_ended:
             # Every command the client sent before its half-close has run and been answered.

@@ -35,9 +35,6 @@ class Phase(enum.Enum):
     """The connection is gone."""
 
 
-_RUNS_INPUT = frozenset({Phase.HANDSHAKE, Phase.GREETING, Phase.COMMAND})
-
-
 class PhaseError(Exception):
     """An input arrived in a phase where it cannot happen (a bug in the caller)."""
 
@@ -47,37 +44,33 @@ class SessionPhase:
 
     C{final_pending} stays set while the reply to a final dot is awaited, even when the
     session starts closing meanwhile: that reply still ends the transaction.
+
+    The front asks C{connected}, C{runs_input}, C{waiting} and C{closing} several times per
+    command; L{_move} computes them once per change (comparing enum members by identity: an
+    enum's hash is a Python-level call, and the benchmark showed it).
     """
 
     def __init__(self) -> None:
         self.current = Phase.NEW
         self.final_pending = False
+        self.connected = False
+        """True from the connection until it is lost (closing included)."""
+        self.runs_input = False
+        """True when buffered input may run now: no command waits and no close was decided."""
+        self.waiting = False
+        """True while the gateway (router or backend), not the client, is awaited."""
+        self.closing = False
+        """True once the gateway has decided to close and the connection is not yet gone."""
 
     def _move(self, to: Phase, *allowed: Phase) -> None:
         """The one place the phase changes: to C{to}, from one of C{allowed} (any if none)."""
         if allowed and self.current not in allowed:
             raise PhaseError(f"{to.name} from {self.current.name}")
         self.current = to
-
-    @property
-    def connected(self) -> bool:
-        """True from the connection until it is lost (closing included)."""
-        return self.current is not Phase.NEW and self.current is not Phase.CLOSED
-
-    @property
-    def runs_input(self) -> bool:
-        """True when buffered input may run now: no command waits and no close was decided."""
-        return self.current in _RUNS_INPUT
-
-    @property
-    def waiting(self) -> bool:
-        """True while the gateway (router or backend), not the client, is awaited."""
-        return self.current is Phase.WAITING or self.current is Phase.FINAL
-
-    @property
-    def closing(self) -> bool:
-        """True once the gateway has decided to close and the connection is not yet gone."""
-        return self.current is Phase.CLOSING
+        self.connected = to is not Phase.NEW and to is not Phase.CLOSED
+        self.runs_input = to is Phase.COMMAND or to is Phase.HANDSHAKE or to is Phase.GREETING
+        self.waiting = to is Phase.WAITING or to is Phase.FINAL
+        self.closing = to is Phase.CLOSING
 
     def connection_made(self, implicit_tls: bool, delay_greeting: bool) -> None:
         """Connected: implicit TLS waits for the handshake, else the greeting (maybe delayed)."""
@@ -104,7 +97,7 @@ class SessionPhase:
     def command_waits(self, final: bool) -> None:
         """A command waits on the router or backend (C{final}: the reply to the dot)."""
         self.final_pending = final
-        if self.current in _RUNS_INPUT:
+        if self.runs_input:
             self._move(Phase.FINAL if final else Phase.WAITING)
 
     def command_done(self) -> None:
