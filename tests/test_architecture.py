@@ -31,7 +31,12 @@ KNOWN_OVERSIZE: Final[frozenset[str]] = frozenset(
 KNOWN_CYCLES: Final[frozenset[frozenset[str]]] = frozenset()
 """Import cycles (as the set of modules in one strongly connected component) allowed for now."""
 
-LEAVES: Final = ("relaygate.addresses", "relaygate.reactor", "relaygate.smtp.replies")
+LEAVES: Final = (
+    "relaygate.addresses",
+    "relaygate.reactor",
+    "relaygate.smtp.replies",
+    "relaygate.text",
+)
 """Value modules that everything may import, and that import nothing of relaygate's."""
 
 SHARED_NAMES: Final[frozenset[str]] = frozenset()
