@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.smtp.data import BodyFault, BodyScanner
+from relaygate.smtp.data import END_OF_DATA, BodyFault, BodyScanner
 
 
 def feed_all(scanner: BodyScanner, chunks: list[bytes]) -> tuple[bytes, bytes | None]:
@@ -122,3 +127,90 @@ class SizeTests(SynchronousTestCase):
         result = scanner.feed(b"x" * 20)
         self.assertIsNone(result.rest)
         self.assertIs(scanner.fault, BodyFault.TOO_BIG)
+
+    def test_at_limit_with_the_dot_in_the_body_read(self) -> None:
+        """A body at the limit passes when its final dot comes in the same read as the body."""
+        for chunks in (
+            [b"12345678\r\n.", b"\r\n"],
+            [b"12345678\r\n.\r", b"\n"],
+            [b"12345678\r\n", b".\r\n"],
+        ):
+            scanner = BodyScanner(10)
+            body, rest = feed_all(scanner, chunks)
+            self.assertEqual((body, rest, scanner.fault), (b"12345678\r\n.\r\n", b"", None))
+
+    def test_over_limit_with_the_dot_in_the_body_read(self) -> None:
+        """One byte over the limit is refused, whichever read the final dot comes in."""
+        for chunks in ([b"123456789\r\n.", b"\r\n"], [b"123456789\r\n.\r\n"]):
+            scanner = BodyScanner(10)
+            feed_all(scanner, chunks)
+            self.assertIs(scanner.fault, BodyFault.TOO_BIG, chunks)
+
+    def test_bare_newline_wins_over_size(self) -> None:
+        """A message both too big and with a bare LF is refused for the bare LF, however read."""
+        data = b"x" * 20 + b"\nMAIL FROM:<a@b>\r\n.\r\n"
+        for chunks in ([data], [data[:15], data[15:]]):
+            scanner = BodyScanner(10)
+            feed_all(scanner, chunks)
+            self.assertIs(scanner.fault, BodyFault.BARE_NEWLINE, chunks)
+
+
+_BARE: Final = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+_Verdict = tuple[BodyFault | None, int, bytes, bytes | None]
+
+
+def reference_scan(data: bytes, max_size: int) -> _Verdict:
+    """What L{BodyScanner} must conclude from C{data} fed whole, written the slow, plain way.
+
+    @return: the fault, the size (body octets including the marker), the body, the rest.
+    """
+    at = (b"\r\n" + data).find(END_OF_DATA)
+    if at < 0:
+        body, rest = data, None
+    else:
+        end = at + len(END_OF_DATA) - 2
+        body, rest = data[:end], data[end:]
+    # A CR that ends an unfinished message may yet be followed by its LF.
+    judged = body[:-1] if rest is None and body.endswith(b"\r") else body
+    if _BARE.search(judged):
+        return BodyFault.BARE_NEWLINE, len(body), body, rest
+    size = len(body)
+    if rest is not None:
+        size -= 3
+    elif (b"\r\n" + body).endswith(b"\r\n."):
+        size -= 1
+    elif (b"\r\n" + body).endswith(b"\r\n.\r"):
+        size -= 2
+    fault = BodyFault.TOO_BIG if size > max_size else None
+    return fault, len(body), body, rest
+
+
+_PIECES: Final = st.sampled_from(
+    [b"\r\n", b"\r", b"\n", b".", b"..", b"a", b"xyz", b"\r\n.\r\n", b"\r\n.", b".\r\n", b" "]
+)
+
+
+class PropertyTests(SynchronousTestCase):
+    """One message, one verdict: how the bytes are cut into reads never changes the outcome."""
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        data=st.lists(_PIECES, max_size=30).map(b"".join),
+        max_size=st.integers(min_value=0, max_value=40),
+        cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    )
+    def test_any_split_agrees_with_the_whole_and_the_reference(
+        self, data: bytes, max_size: int, cuts: list[int]
+    ) -> None:
+        """Fault, size, forwarded bytes and rest are the same for any split and the whole."""
+        points = sorted({min(cut, len(data)) for cut in cuts})
+        chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+        whole = BodyScanner(max_size)
+        whole_body, whole_rest = feed_all(whole, [data])
+        split = BodyScanner(max_size)
+        split_body, split_rest = feed_all(split, chunks)
+        expected = reference_scan(data, max_size)
+        self.assertEqual((whole.fault, whole.size, whole_body, whole_rest), expected)
+        self.assertEqual((split.fault, split.size, split_body, split_rest), expected)

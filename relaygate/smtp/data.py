@@ -37,8 +37,15 @@ class Chunk:
 class BodyScanner:
     """Scan one message's wire bytes chunk by chunk.
 
-    Only C library calls (C{find}, C{count}) touch the data, so the cost per chunk is a few
-    passes over it in C, whatever the number of lines.
+    Only C library calls (C{find}, C{replace}) touch the data: per chunk, one search for the
+    end-of-data marker and one C{replace} that blanks every CRLF, after which a bare CR or LF
+    is a byte that C{find} (C{memchr}) looks for and, in a good message, does not find. Three
+    C{count} passes did the same in about twice the time.
+
+    The verdict is the same however the bytes are cut into chunks: a bare CR or LF anywhere in
+    the message wins over the size (so a message over the limit is still told apart from a
+    smuggling attempt), and the size counts the message up to the CRLF before the final dot,
+    whether or not that dot has arrived yet.
     """
 
     def __init__(self, max_size: int) -> None:
@@ -53,15 +60,33 @@ class BodyScanner:
     def feed(self, data: bytes) -> Chunk:
         """Consume C{data}; return this message's part of it and, at the end, what follows."""
         end = self._find_end(data)
-        body, rest = (data, None) if end < 0 else (data[:end], data[end:])
-        self._tail = (self._tail + body[-4:])[-4:]
+        if end < 0:
+            body, rest = data, None
+        else:
+            body, rest = data[:end], data[end:]
+        tail = self._tail + body[-4:]
+        self._tail = tail[-4:]
         self.size += len(body)
-        if self.fault is None:
+        if self.fault is not BodyFault.BARE_NEWLINE and body:
             if self._has_bare_newline(body):
                 self.fault = BodyFault.BARE_NEWLINE
-            elif self.size - (0 if rest is None else 3) > self.max_size:
+            elif self.fault is None and self._message_size(rest is not None) > self.max_size:
                 self.fault = BodyFault.TOO_BIG
         return Chunk(body, rest)
+
+    def _message_size(self, ended: bool) -> int:
+        """The size so far, without the final ".CRLF" nor any part of it that may be one."""
+        if ended:
+            return self.size - 3
+        # A stream that ends with CRLF "." or CRLF "." CR may be about to end: those bytes
+        # would then be the marker, not the message. Counting them now would make the verdict
+        # depend on where a read happened to stop.
+        tail = self._tail
+        if tail.endswith(b"\r\n."):
+            return self.size - 1
+        if tail == b"\r\n.\r":
+            return self.size - 2
+        return self.size
 
     def _find_end(self, data: bytes) -> int:
         """The offset just past the end-of-data marker in C{data}, or -1."""
@@ -74,9 +99,17 @@ class BodyScanner:
 
     def _has_bare_newline(self, body: bytes) -> bool:
         """True if C{body} (after a CR that ended the last chunk, if any) has a bare CR/LF."""
-        text = b"\r" + body if self._pending_cr else body
-        self._pending_cr = text.endswith(b"\r")
-        crlf = text.count(b"\r\n")
-        # A CR at the very end may still be followed by LF in the next chunk: judge it then.
-        cr = text.count(b"\r") - (1 if self._pending_cr else 0)
-        return text.count(b"\n") != crlf or cr != crlf
+        start = 0
+        if self._pending_cr:
+            if body[0] != 0x0A:
+                return True
+            start = 1
+        # Same-length blanks keep the offsets; what is left of CR and LF is bare, except a CR
+        # at the very end, which the next chunk's first byte may complete.
+        blanked = body.replace(b"\r\n", b"  ")
+        last = len(body) - 1
+        if blanked.find(b"\n", start) >= 0:
+            return True
+        cr = blanked.find(b"\r", start)
+        self._pending_cr = cr == last
+        return 0 <= cr < last
