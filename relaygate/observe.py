@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from typing_extensions import override
 
 access_log = Logger(namespace="relaygate.access")
@@ -80,7 +80,17 @@ def publish(text: str, fields: dict[str, Any], now: float) -> None:
     """
     file = _Destination.file
     if file is None:
-        access_log.info(text, **fields)
+        # What Logger.info would add, on the dict already built (Logger.emit copies the
+        # keywords into a new one and checks the level against every LogLevel first).
+        fields.update(
+            log_logger=access_log,
+            log_level=LogLevel.info,
+            log_namespace=access_log.namespace,
+            log_source=None,
+            log_format=text,
+            log_time=now,
+        )
+        access_log.observer(fields)
     else:
         fields["time"] = now
         file.write(fields)
