@@ -22,7 +22,13 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorSocket,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
     FilteringLogObserver,
@@ -38,8 +44,11 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ListenConfig, load
-from relaygate.tls import ReloadOnSIGHUP
+from relaygate.config.load import load
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.reactor import IParentReactor, IWorkerReactor
+from relaygate.tls.reload import ReloadOnSIGHUP
 
 RESTART_DELAY = 1.0
 STOP_GRACE = 10.0
@@ -62,7 +71,7 @@ def bind_listener(address: HostPort) -> socket.socket:
 class AdoptedEndpoint:
     """An endpoint that listens on a socket the parent already bound (by file descriptor)."""
 
-    def __init__(self, reactor: Any, fd: int, family: socket.AddressFamily) -> None:
+    def __init__(self, reactor: IReactorSocket, fd: int, family: socket.AddressFamily) -> None:
         self._reactor = reactor
         self._fd = fd
         self._family = family
@@ -113,7 +122,7 @@ class WorkerPool(Service):
         self,
         config: Config,
         count: int,
-        reactor: Any,
+        reactor: IParentReactor,
         python: str = sys.executable,
     ) -> None:
         self._config = config
@@ -137,8 +146,12 @@ class WorkerPool(Service):
         for _, transport in list(self.workers.values()):
             try:
                 transport.signalProcess(name)
-            except Exception:  # ended meanwhile; processEnded follows
+            except ProcessExitedAlready:  # ended meanwhile; processEnded follows
                 pass
+            except Exception:
+                # Anything else is a bug (a bad signal name, say): say so, and still
+                # signal the other workers.
+                self._log.failure("could not signal worker with {signal}", signal=name)
 
     def addresses(self) -> list[tuple[ListenConfig, HostPort]]:
         """Each listener with the address it is bound to (port 0 resolved)."""
@@ -227,7 +240,7 @@ class WorkerPool(Service):
         self.signal_all("KILL")
 
 
-def pool_service(config: Config, reactor: Any) -> MultiService:
+def pool_service(config: Config, reactor: IParentReactor) -> MultiService:
     """The parent's service tree: the worker pool, and the demo backend when configured."""
     top = MultiService()
     if config.demo is not None:
@@ -254,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from relaygate.service import build_service
 
-    reactor: Any = global_reactor
+    # It provides every interface relaygate uses (relaygate.reactor).
+    reactor: IWorkerReactor = global_reactor  # type: ignore[assignment]
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     # Debug events stay in the worker: each relayed event costs a JSON round trip.
     to_parent = FilteringLogObserver(
@@ -279,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     Logger(namespace="relaygate.workers").info(
         "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True
     )
-    reactor.run(installSignalHandlers=False)
+    # The reactors' run() takes this keyword; IReactorCore does not name it.
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from relaygate.config import AuthConfig
+from relaygate.config.auth import AuthConfig
 from relaygate.routing.http import HTTPRouter
 from relaygate.routing.http_client import AuthHTTPClient, _AuthEndpoints, new_auth_client
 from relaygate.routing.router import Accept, AuthRequest
-from relaygate.tls import https_policy
+from relaygate.tls.client import https_policy
 
 REQUEST = AuthRequest(
     protocol="imap", client_ip="192.0.2.7", method="plain", user=b"bob", password=b"secret"

@@ -32,7 +32,7 @@ from twisted.web.iweb import IResponse
 from typing_extensions import override
 
 from relaygate.addresses import HostPort
-from relaygate.config import AuthConfig
+from relaygate.config.auth import AuthConfig
 from relaygate.routing.http_client import HTTPPoolService, new_auth_client
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
 

@@ -31,9 +31,9 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import AuthConfig
+from relaygate.config.auth import AuthConfig
 from relaygate.connect import client_endpoint
-from relaygate.tls import https_policy
+from relaygate.tls.client import https_policy
 
 _MAX_IDLE_CONNECTIONS = 128
 # The keywords the router passes; any other request takes treq's full path.
