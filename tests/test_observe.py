@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from typing import cast
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaygate.config.errors import ConfigError
+from relaygate.config.load import parse
+from relaygate.config.model import Config
 from relaygate.observe import (
     AccessLogFile,
     AccessLogService,
@@ -16,6 +21,8 @@ from relaygate.observe import (
     TransactionRecord,
     use_access_log_file,
 )
+from relaygate.reactor import IGatewayReactor
+from relaygate.service import build_service
 
 
 def _records() -> tuple[SessionRecord, TransactionRecord]:
@@ -127,3 +134,47 @@ class AccessLogFileTests(SynchronousTestCase):
         log.write({"helo": 'x\r\n{"kind":"forged"}\udcff'})
         [line] = self.lines()
         self.assertEqual(line["helo"], 'x\r\n{"kind":"forged"}\udcff')
+
+
+class AccessLogConfigTests(SynchronousTestCase):
+    """C{[server] access_log}: read relative to the config file, and opened by the service tree."""
+
+    def config(self, path: str = "/etc/relaygate/relaygate.toml", **server: object) -> Config:
+        data = {
+            "server": {"name": "gw.test", **server},
+            "listen": [{"protocol": "smtp", "address": "127.0.0.1:0"}],
+            "route": [{"match": "*", "backends": ["127.0.0.1:25"]}],
+        }
+        return parse(data, path)
+
+    def test_default_is_the_twistd_log(self) -> None:
+        """Without the key, access events go to the global log."""
+        self.assertEqual(self.config().server.access_log, "")
+
+    def test_relative_to_the_config_file(self) -> None:
+        """A relative path is under the config file's directory."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        config = self.config(os.path.join(directory, "relaygate.toml"), access_log="access.log")
+        self.assertEqual(config.server.access_log, os.path.abspath(f"{directory}/access.log"))
+
+    def test_missing_directory_is_refused(self) -> None:
+        """A file in a directory that does not exist fails before anything listens."""
+        with self.assertRaises(ConfigError) as caught:
+            self.config(access_log="/nonexistent-dir/access.log")
+        self.assertIn("server.access_log", str(caught.exception))
+
+    def test_service_tree_writes_there(self) -> None:
+        """build_service opens the file while running: an access event lands in it."""
+        path = os.path.abspath(self.mktemp())
+        config = self.config(access_log=path)
+        top = build_service(config, cast(IGatewayReactor, MemoryReactorClock()))
+        [first, *_] = list(top)
+        self.assertIsInstance(first, AccessLogService)
+        first.startService()
+        self.addCleanup(use_access_log_file, None)
+        session, tx = _records()
+        tx.emit(session, now=101.0)
+        first.stopService()
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(json.loads(f.read())["kind"], "smtp.transaction")
