@@ -35,7 +35,8 @@ from typing_extensions import override
 from relaygate.config.load import parse
 from relaygate.config.tls import TLSConfig
 from relaygate.listeners import new_server_tls
-from relaygate.smtp.backend import BackendClient
+from relaygate.reactor import IGatewayReactor
+from relaygate.smtp.backend import SMTPBackendClient
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 from relaygate.tls.server import ServerTLS
 from tests.authservice import ok_to, start_auth_service
@@ -87,7 +88,11 @@ class TLSFront:
         loaded = parse(config, os.path.join(os.getcwd(), "test.toml"))
         server_tls = new_server_tls(loaded.listen[0], loaded)
         self.factory = SMTPFrontFactory(
-            loaded, loaded.listen[0], self.router, self.reactor, server_tls=server_tls
+            loaded,
+            loaded.listen[0],
+            self.router,
+            cast(IGatewayReactor, self.reactor),
+            server_tls=server_tls,
         )
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.front: SMTPFront = self.factory.buildProtocol(peer)
@@ -245,7 +250,7 @@ class BackendStartTLSTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        self.client = BackendClient(b"gw.test", self.clock, 30.0)
+        self.client = SMTPBackendClient(b"gw.test", self.clock, 30.0)
         self.transport = StartTLSTransport()
         self.client.makeConnection(self.transport)
         self.client.dataReceived(b"220 backend ESMTP\r\n")

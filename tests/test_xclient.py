@@ -16,7 +16,7 @@ from relaygate.smtp.xclient import (
     xtext_decode,
 )
 from tests.smtp_harness import BACKEND, FrontHarness
-from tests.test_smtp_auth import PLAIN, submission_config
+from tests.test_smtp_submission import PLAIN, submission_config
 
 ALL = b"ADDR PORT NAME PROTO HELO LOGIN"
 
