@@ -22,6 +22,7 @@ from service_identity import VerificationError
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
@@ -39,6 +40,7 @@ from relaygate.backend.policy import BackendPolicy, TLSCreatorFor
 from relaygate.connect import set_no_delay
 from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
+from relaygate.write_now import write_now
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
 
@@ -71,11 +73,17 @@ class SMTPBackendClient(smtp.ESMTPClient):
 
     _log = Logger()
     debug = False
+    # ESMTPClient.__setattr__ only warns about the deprecated tlsMode, which nothing here sets;
+    # LineReceiver and SMTPClient write attributes on every line, so skip that Python call.
+    __setattr__ = object.__setattr__
 
     def __init__(self, identity: bytes, clock: IReactorTime, reply_timeout: float) -> None:
         super().__init__(secret=None, identity=identity)
-        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        self._clock = clock
         self._reply_timeout = reply_timeout
+        # One timer per connection (see setTimeout): when the reply is due, or None.
+        self._deadline: float | None = None
+        self._timer: IDelayedCall | None = None
         self._waiters: deque[Deferred[Reply]] = deque()
         self._lost: Failure | None = None
         self.greeting: Deferred[Reply] = Deferred()
@@ -105,7 +113,7 @@ class SMTPBackendClient(smtp.ESMTPClient):
         if not self._waiters:
             self.setTimeout(self._reply_timeout)
         self._waiters.append(waiter)
-        self.sendLine(line)
+        write_now(self.transport, line + b"\r\n")
         return waiter
 
     def commands(self, lines: Sequence[bytes]) -> list[Deferred[Reply]]:
@@ -120,8 +128,7 @@ class SMTPBackendClient(smtp.ESMTPClient):
             waiters.append(waiter)
         if self._lost is None:
             self.setTimeout(self._reply_timeout)
-            assert self.transport is not None
-            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            write_now(self.transport, b"".join(line + b"\r\n" for line in lines))
         return waiters
 
     def expect_reply(self) -> Deferred[Reply]:
@@ -224,8 +231,44 @@ class SMTPBackendClient(smtp.ESMTPClient):
         self.sendError(BackendLost("timed out waiting for the backend's reply"))
 
     @override
+    def setTimeout(self, period: float | None) -> None:  # type: ignore[override]
+        """Expect a reply within C{period} seconds (None: nothing is awaited).
+
+        TimeoutMixin makes a new DelayedCall for each command and cancels it at each reply;
+        here one timer per connection stays armed, and only the deadline moves. When the timer
+        fires early it re-arms itself for what is left.
+        """
+        if period is None:
+            self._deadline = None
+            return
+        self._deadline = self._clock.seconds() + period
+        if self._timer is None:
+            self._timer = self._clock.callLater(period, self._timer_fired)
+
+    @override
+    def resetTimeout(self) -> None:
+        """The backend said something: a pending reply's time starts again (TimeoutMixin's)."""
+        if self._deadline is not None:
+            self._deadline = self._clock.seconds() + self._reply_timeout
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        left = self._deadline - self._clock.seconds()
+        if left > 0:
+            self._timer = self._clock.callLater(left, self._timer_fired)
+        else:
+            self._deadline = None
+            self.timeoutConnection()
+
+    @override
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         super().connectionLost(reason)
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._fail_all(reason)
 
     def _fail_all(self, reason: Failure) -> None:
