@@ -40,7 +40,6 @@ from relaygate.backend.policy import BackendPolicy, TLSCreatorFor
 from relaygate.connect import set_no_delay
 from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
-from relaygate.write_now import write_now
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
 
@@ -113,7 +112,7 @@ class SMTPBackendClient(smtp.ESMTPClient):
         if not self._waiters:
             self.setTimeout(self._reply_timeout)
         self._waiters.append(waiter)
-        write_now(self.transport, line + b"\r\n")
+        self.sendLine(line)
         return waiter
 
     def commands(self, lines: Sequence[bytes]) -> list[Deferred[Reply]]:
@@ -128,7 +127,8 @@ class SMTPBackendClient(smtp.ESMTPClient):
             waiters.append(waiter)
         if self._lost is None:
             self.setTimeout(self._reply_timeout)
-            write_now(self.transport, b"".join(line + b"\r\n" for line in lines))
+            assert self.transport is not None
+            self.transport.write(b"".join(line + b"\r\n" for line in lines))
         return waiters
 
     def expect_reply(self) -> Deferred[Reply]:

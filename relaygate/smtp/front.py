@@ -77,7 +77,6 @@ from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.starttls import starttls_refusal
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
 from relaygate.tls.server import ServerTLS
-from relaygate.write_now import write_now
 
 _session_ids = itertools.count(1)
 
@@ -333,13 +332,10 @@ class SMTPFront(smtp.ESMTP):
     # -- replies ------------------------------------------------------------------------
 
     def send_reply(self, reply: Reply) -> None:
-        """Send C{reply} in one write: at once (L{write_now}) unless more pipelined commands
-        wait to be answered, whose replies then share one send on Twisted's next turn."""
+        """Send C{reply} to the client in one write (multi-line replies keep their lines)."""
         if self._phase.connected:
-            if b"\n" in self._runner.queue.buffer:
-                self.raw_transport.write(reply.to_wire())
-            else:
-                write_now(self.transport, reply.to_wire())
+            assert self.transport is not None
+            self.transport.write(reply.to_wire())
 
     def _protocol_error(self, reply: Reply) -> None:
         """Answer a client mistake; too many of them end the session (nginx's max_errors)."""
