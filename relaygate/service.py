@@ -12,6 +12,7 @@ from twisted.internet.protocol import Factory
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.listeners import new_server_tls, server_endpoint, tls_reload_service
+from relaygate.observe import AccessLogService
 from relaygate.policy import LimitedFactory, new_limits
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
@@ -88,6 +89,9 @@ def build_service(
     @param with_demo: whether this process runs the demo backend (a worker's parent does).
     """
     top = MultiService()
+    if config.server.access_log:
+        # First, so it is open before any listener; each worker process appends its own lines.
+        AccessLogService(config.server.access_log).setServiceParent(top)
     if with_demo and config.demo is not None:
         from relaygate.demo import demo_service
 

@@ -38,7 +38,7 @@ def parse(data: dict[str, Any], path: str) -> Config:
         seen.add(item.address)
     config = Config(
         path=path,
-        server=read_server(root.table("server")),
+        server=read_server(root.table("server"), base),
         listen=listen,
         tls=read_tls(root.table("tls"), base),
         auth=read_auth(root.table("auth"), base),

@@ -579,7 +579,8 @@ class LoginFront(Protocol):
             outcome=self._outcome,
             from_client=from_client,
             from_backend=from_backend,
-            duration=self._clock.seconds() - self._started,
+            now=self._clock.seconds(),
+            started=self._started,
         )
 
 
