@@ -22,7 +22,7 @@ from twisted.mail.interfaces import IMessageDelivery, IMessageSMTP
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate.config import DemoConfig
+from relaygate.config.demo import DemoConfig
 
 _counter = itertools.count(1)
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import (
     Arg,
     Command,
@@ -47,6 +48,7 @@ from relaygate.login import (
     split_plain,
 )
 from relaygate.routing.router import Router
+from relaygate.tls.server import ServerTLS
 
 _MECHANISMS = {
     b"PLAIN": "plain",
@@ -459,8 +461,12 @@ class IMAPFrontFactory(LoginFrontFactory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        super().__init__(config, listen, config.imap, router, reactor, random)
+        super().__init__(
+            config, listen, config.imap, router, reactor, random, server_tls=server_tls
+        )
         self.max_literal_size = config.imap.max_literal_size
         self.send_id = config.imap.send_id
 

@@ -47,22 +47,18 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import ClientAddress, HostPort, client_address
-from relaygate.config import Config, IMAPConfig, ListenConfig, POP3Config
+from relaygate.config.login import IMAPConfig, POP3Config
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.connect import client_endpoint
-from relaygate.listeners import server_tls_for
 from relaygate.policy import limits_for
 from relaygate.proxy_protocol import encode_header, proxy_addresses
 from relaygate.routing.router import Accept, AuthRequest, ClientTLS, Refuse, Router
 from relaygate.splice import Splice, SpliceEnd
-from relaygate.tls import (
-    CERTIFICATE_REPLIES,
-    CertificateProblem,
-    HandshakeResult,
-    HandshakeTimer,
-    ServerTLS,
-    backend_tls_creator,
-    tls_facts,
-)
+from relaygate.tls.client import backend_tls_creator
+from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem, tls_facts
+from relaygate.tls.handshake import HandshakeResult, HandshakeTimer
+from relaygate.tls.server import ServerTLS
 
 # A module-level logger: as a class attribute, Logger would replace the namespace with the
 # class's name, and operators filter the access log by this namespace.
@@ -404,7 +400,11 @@ class FrontSettings:
 
     @classmethod
     def from_section(
-        cls, config: Config, listen: ListenConfig, section: IMAPConfig | POP3Config
+        cls,
+        config: Config,
+        listen: ListenConfig,
+        section: IMAPConfig | POP3Config,
+        server_tls: ServerTLS | None,
     ) -> FrontSettings:
         """The settings for C{listen} from its protocol's section (C{[imap]} or C{[pop3]})."""
         return cls(
@@ -421,7 +421,7 @@ class FrontSettings:
             xclient=section.xclient,
             backend_login=section.backend_login,
             tls_mode=listen.tls,
-            server_tls=server_tls_for(listen, config),
+            server_tls=server_tls,
             backend_tls=section.backend_tls,
             backend_ca=section.backend_ca,
             backend_certificate=section.backend_certificate,
@@ -449,8 +449,10 @@ class LoginFrontFactory(Factory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        self.settings = FrontSettings.from_section(config, listen, section)
+        self.settings = FrontSettings.from_section(config, listen, section, server_tls)
         self.router = router
         self.reactor = reactor
         self.random = random

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from relaygate.config import LimitsConfig
+from relaygate.config.limits import LimitsConfig
 from relaygate.wrapping import FactoryWrapper, TransportWrapper
 
 MINUTE: Final = 60.0

@@ -19,7 +19,8 @@ from typing import Any
 
 from typing_extensions import override
 
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import Invalid, parse_line
 from relaygate.login import (
     BackendClient,
@@ -36,6 +37,7 @@ from relaygate.login import (
     split_plain,
 )
 from relaygate.routing.router import Router
+from relaygate.tls.server import ServerTLS
 
 _SASL = {b"PLAIN": "plain", b"LOGIN": "login", b"CRAM-MD5": "cram-md5", b"EXTERNAL": "external"}
 
@@ -328,8 +330,12 @@ class POP3FrontFactory(LoginFrontFactory):
         router: Router,
         reactor: Any,
         random: Callable[[], int] | None = None,
+        *,
+        server_tls: ServerTLS | None,
     ) -> None:
-        super().__init__(config, listen, config.pop3, router, reactor, random)
+        super().__init__(
+            config, listen, config.pop3, router, reactor, random, server_tls=server_tls
+        )
 
     @override
     def buildProtocol(self, addr: Any) -> POP3Front:

@@ -10,12 +10,14 @@ from twisted.application.service import MultiService
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 
-from relaygate.config import Config, ListenConfig
-from relaygate.listeners import server_endpoint, tls_reload_service
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.listeners import new_server_tls, server_endpoint, tls_reload_service
 from relaygate.policy import LimitedFactory, new_limits
 from relaygate.routing.router import Router
+from relaygate.tls.server import ServerTLS
 
-FactoryMaker = Callable[[Config, ListenConfig, Router, Any], Factory]
+FactoryMaker = Callable[[Config, ListenConfig, Router, Any, ServerTLS | None], Factory]
 
 
 def build_router(config: Config, reactor: Any, parent: MultiService) -> Router:
@@ -31,22 +33,40 @@ def build_router(config: Config, reactor: Any, parent: MultiService) -> Router:
     return TableRouter(config.routes)
 
 
-def _smtp_factory(config: Config, listen: ListenConfig, router: Router, reactor: Any) -> Factory:
+def _smtp_factory(
+    config: Config,
+    listen: ListenConfig,
+    router: Router,
+    reactor: Any,
+    server_tls: ServerTLS | None,
+) -> Factory:
     from relaygate.smtp.front import SMTPFrontFactory
 
-    return SMTPFrontFactory(config, listen, router, reactor)
+    return SMTPFrontFactory(config, listen, router, reactor, server_tls=server_tls)
 
 
-def _imap_factory(config: Config, listen: ListenConfig, router: Router, reactor: Any) -> Factory:
+def _imap_factory(
+    config: Config,
+    listen: ListenConfig,
+    router: Router,
+    reactor: Any,
+    server_tls: ServerTLS | None,
+) -> Factory:
     from relaygate.imap import IMAPFrontFactory
 
-    return IMAPFrontFactory(config, listen, router, reactor)
+    return IMAPFrontFactory(config, listen, router, reactor, server_tls=server_tls)
 
 
-def _pop3_factory(config: Config, listen: ListenConfig, router: Router, reactor: Any) -> Factory:
+def _pop3_factory(
+    config: Config,
+    listen: ListenConfig,
+    router: Router,
+    reactor: Any,
+    server_tls: ServerTLS | None,
+) -> Factory:
     from relaygate.pop3 import POP3FrontFactory
 
-    return POP3FrontFactory(config, listen, router, reactor)
+    return POP3FrontFactory(config, listen, router, reactor, server_tls=server_tls)
 
 
 FACTORIES: dict[str, FactoryMaker] = {
@@ -74,17 +94,23 @@ def build_service(
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
     router = build_router(config, reactor, top)
     limits = new_limits(config.limits, reactor)
+    built: list[ServerTLS] = []
     for listen in config.listen:
-        factory = FACTORIES[listen.protocol](config, listen, router, reactor)
+        # One ServerTLS per listener: the endpoint (implicit TLS) and the front (STARTTLS)
+        # share it, and SIGHUP reloads exactly these.
+        server_tls = new_server_tls(listen, config)
+        if server_tls is not None:
+            built.append(server_tls)
+        factory = FACTORIES[listen.protocol](config, listen, router, reactor, server_tls)
         if limits is not None:
             # Above TLS, so a client over a limit reads its refusal; one Limits per process.
             factory = LimitedFactory(factory, limits, listen.protocol, config.server.name)
         base = (adopted or {}).get(str(listen.address))
-        endpoint = server_endpoint(listen, config, reactor, base)
+        endpoint = server_endpoint(listen, config, reactor, server_tls, base)
         service = StreamServerEndpointService(endpoint, factory)
         service._raiseSynchronously = True
         service.setServiceParent(top)
-    reload_service = tls_reload_service(config, reactor)
+    reload_service = tls_reload_service(built, reactor)
     if reload_service is not None:
         # SIGHUP re-reads the certificates of every TLS listener (docs/tls.md, "Renewal").
         reload_service.setServiceParent(top)

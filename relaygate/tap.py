@@ -9,7 +9,9 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
-from relaygate.config import Config, ConfigError, load
+from relaygate.config.errors import ConfigError
+from relaygate.config.load import load
+from relaygate.config.model import Config
 
 
 class Options(usage.Options):

@@ -38,8 +38,10 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ListenConfig, load
-from relaygate.tls import ReloadOnSIGHUP
+from relaygate.config.load import load
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.tls.reload import ReloadOnSIGHUP
 
 RESTART_DELAY = 1.0
 STOP_GRACE = 10.0

@@ -16,7 +16,9 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from relaygate.config import Config, ListenConfig, parse
+from relaygate.config.load import parse
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.routing.router import AuthRequest, Decision
 from tests.certs import PKI, make_pki
 

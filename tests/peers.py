@@ -47,7 +47,8 @@ from typing_extensions import override
 from zope.interface import alsoProvides, providedBy
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, parse
+from relaygate.config.load import parse
+from relaygate.config.model import Config
 from relaygate.service import build_service
 from relaygate.smtp.front import SMTPFrontFactory
 

@@ -11,7 +11,8 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from relaygate.addresses import HostPort
-from relaygate.config import parse
+from relaygate.config.load import parse
+from relaygate.listeners import new_server_tls
 from relaygate.routing.router import Accept, AuthRequest, Decision
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 
@@ -71,7 +72,10 @@ class FrontHarness:
         self.reactor = MemoryReactorClock()
         self.router = FakeRouter()
         loaded = parse(config or make_config(), "test.toml")
-        factory = SMTPFrontFactory(loaded, loaded.listen[0], self.router, self.reactor)
+        server_tls = new_server_tls(loaded.listen[0], loaded)
+        factory = SMTPFrontFactory(
+            loaded, loaded.listen[0], self.router, self.reactor, server_tls=server_tls
+        )
         peer = IPv4Address("TCP", client_ip, 40000)
         self.front: SMTPFront = factory.buildProtocol(peer)
         self.client = StringTransport(

@@ -9,7 +9,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.addresses import HostPort, parse_host_port
-from relaygate.config import ConfigError, load, parse
+from relaygate.config.errors import ConfigError
+from relaygate.config.load import load, parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ETC = os.path.join(os.path.dirname(HERE), "etc")

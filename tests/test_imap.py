@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from relaygate.addresses import HostPort
 from relaygate.imap import IMAPFront, IMAPFrontFactory
 from relaygate.imap_syntax import Command, Continue, Invalid, astring, parse_command, parse_line
+from relaygate.listeners import new_server_tls
 from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
 from relaygate.routing.table import TableRouter
 from tests.authservice import ok_to, start_auth_service
@@ -170,7 +171,11 @@ class IMAPFrontTestCase(SynchronousTestCase):
         if tls != "none":
             sections["tls"] = server_tls_config(self.mktemp())
         config = make_config(**sections)
-        factory = IMAPFrontFactory(config, listener(tls), self.router, self.reactor, lambda: 42)
+        listen = listener(tls)
+        server_tls = new_server_tls(listen, config)
+        factory = IMAPFrontFactory(
+            config, listen, self.router, self.reactor, lambda: 42, server_tls=server_tls
+        )
         front = factory.buildProtocol(None)
         transport = connect_front(front)
         return front, transport
@@ -618,7 +623,10 @@ class DovecotIMAPTests(TestCase):
             self.addCleanup(pool.stopService)
         else:
             router = TableRouter(config.routes)
-        factory = IMAPFrontFactory(config, config.listen[0], router, reactor)
+        server_tls = new_server_tls(config.listen[0], config)
+        factory = IMAPFrontFactory(
+            config, config.listen[0], router, reactor, server_tls=server_tls
+        )
         return await start_gateway(self, factory)
 
     async def test_imaplib_login_and_fetch(self) -> None:

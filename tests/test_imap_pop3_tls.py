@@ -32,15 +32,19 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ConfigError, ListenConfig
+from relaygate.config.errors import ConfigError
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.imap import IMAPFrontFactory
-from relaygate.listeners import server_tls_for
+from relaygate.listeners import new_server_tls
 from relaygate.login import LoginFront
 from relaygate.pop3 import POP3FrontFactory
 from relaygate.routing.router import Accept, AuthRequest, Router
 from relaygate.routing.table import TableRouter
 from relaygate.service import build_service
-from relaygate.tls import ServerTLS, trust_root
+from relaygate.tls.client import trust_root
+from relaygate.tls.reload import ReloadOnSIGHUP
+from relaygate.tls.server import ServerTLS
 from tests.certs import PKI, Issued, issue, make_pki
 from tests.dovecot import Dovecot, dovecot_for
 from tests.fronts import (
@@ -114,10 +118,15 @@ class TLSFrontTestCase(SynchronousTestCase):
     def factory(self, mode: str = "starttls", **section: Any) -> Factory:
         config = self.config(**section)
         self.listener = listen(self.protocol, mode)
-        self.server_tls = server_tls_for(self.listener, config)
+        self.server_tls = new_server_tls(self.listener, config)
+        server_tls = self.server_tls
         if self.protocol == "pop3":
-            return POP3FrontFactory(config, self.listener, self.router, self.reactor, lambda: 42)
-        return IMAPFrontFactory(config, self.listener, self.router, self.reactor, lambda: 42)
+            return POP3FrontFactory(
+                config, self.listener, self.router, self.reactor, lambda: 42, server_tls=server_tls
+            )
+        return IMAPFrontFactory(
+            config, self.listener, self.router, self.reactor, lambda: 42, server_tls=server_tls
+        )
 
     def front(self, mode: str = "starttls", **section: Any) -> tuple[Any, TLSStringTransport]:
         front = self.factory(mode, **section).buildProtocol(None)
@@ -394,13 +403,17 @@ class ImplicitInMemoryTests(TLSFrontTestCase):
         self.protocol = protocol
         config = self.config(tls={"verify_client": verify_client})
         listener = listen(protocol, "implicit")
-        server_tls = server_tls_for(listener, config)
+        server_tls = new_server_tls(listener, config)
         assert server_tls is not None
         front_factory: Factory
         if protocol == "pop3":
-            front_factory = POP3FrontFactory(config, listener, self.router, self.reactor)
+            front_factory = POP3FrontFactory(
+                config, listener, self.router, self.reactor, server_tls=server_tls
+            )
         else:
-            front_factory = IMAPFrontFactory(config, listener, self.router, self.reactor)
+            front_factory = IMAPFrontFactory(
+                config, listener, self.router, self.reactor, server_tls=server_tls
+            )
         fronts: list[LoginFront] = []
         original = front_factory.buildProtocol
 
@@ -693,9 +706,24 @@ class ConfigTests(SynchronousTestCase):
         services = list(build_service(config, MemoryReactorClock()))
         imap, pop3 = (s for s in services if isinstance(s, StreamServerEndpointService))
         self.assertIsInstance(imap.factory, IMAPFrontFactory)
-        self.assertIs(imap.factory.settings.server_tls, server_tls_for(config.listen[0], config))
         self.assertEqual(imap.factory.settings.tls_mode, "starttls")
         self.assertEqual(pop3.factory.settings.tls_mode, "implicit")
+        imap_tls = imap.factory.settings.server_tls
+        pop3_tls = pop3.factory.settings.server_tls
+        assert imap_tls is not None and pop3_tls is not None
+        self.assertEqual((imap_tls.protocol, pop3_tls.protocol), ("imap", "pop3"))
+        # SIGHUP reloads exactly the creators the fronts were given.
+        reloaded: list[str] = []
+        for server_tls in (imap_tls, pop3_tls):
+
+            def reload(protocol: str = server_tls.protocol) -> bool:
+                reloaded.append(protocol)
+                return True
+
+            self.patch(server_tls, "reload", reload)
+        (sighup,) = (s for s in services if isinstance(s, ReloadOnSIGHUP))
+        sighup._reload_now()
+        self.assertEqual(reloaded, ["imap", "pop3"])
 
     def test_backend_tls_keys(self) -> None:
         """backend_tls, backend_ca, backend_certificate and backend_key are read."""
@@ -820,11 +848,16 @@ class DovecotTLSTestCase(TestCase):
         if router is None:
             router = TableRouter(config.routes)
         factory: Factory
+        server_tls = new_server_tls(config.listen[0], config)
         if protocol == "imap":
-            factory = IMAPFrontFactory(config, config.listen[0], router, reactor)
+            factory = IMAPFrontFactory(
+                config, config.listen[0], router, reactor, server_tls=server_tls
+            )
         else:
-            factory = POP3FrontFactory(config, config.listen[0], router, reactor)
-        implicit = server_tls_for(config.listen[0], config) if tls == "implicit" else None
+            factory = POP3FrontFactory(
+                config, config.listen[0], router, reactor, server_tls=server_tls
+            )
+        implicit = server_tls if tls == "implicit" else None
         return await start_gateway(self, factory, implicit)
 
     def client_context(self, certificate: Issued | None = None) -> ssl.SSLContext:

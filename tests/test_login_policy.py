@@ -12,8 +12,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.addresses import HostPort
-from relaygate.config import LimitsConfig
+from relaygate.config.limits import LimitsConfig
 from relaygate.imap import IMAPFrontFactory
+from relaygate.listeners import new_server_tls
 from relaygate.policy import AUTH_FAILURES, HOUR, LimitedFactory, Limits, MemoryLimitStore
 from relaygate.pop3 import POP3FrontFactory
 from relaygate.proxy_protocol import ProxyProtocolFactory, TrustedNetworks, parse_header
@@ -37,10 +38,11 @@ class LoginPolicyTests(SynchronousTestCase):
             **{protocol: section, "auth": {"http": "http://127.0.0.1:1/auth"}}  # type: ignore[arg-type]
         )
         listen = config.listen[0 if protocol == "imap" else 1]
+        server_tls = new_server_tls(listen, config)
         fronts: Factory = (
-            IMAPFrontFactory(config, listen, self.router, self.reactor)
+            IMAPFrontFactory(config, listen, self.router, self.reactor, server_tls=server_tls)
             if protocol == "imap"
-            else POP3FrontFactory(config, listen, self.router, self.reactor)
+            else POP3FrontFactory(config, listen, self.router, self.reactor, server_tls=server_tls)
         )
         limited = LimitedFactory(fronts, self.limits, protocol, "gw.example.org")
         factory = ProxyProtocolFactory(

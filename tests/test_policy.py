@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.config import LimitsConfig
+from relaygate.config.limits import LimitsConfig
 from relaygate.policy import (
     LimitedConnection,
     LimitedFactory,

@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.addresses import HostPort
-from relaygate.config import ConfigError
+from relaygate.config.errors import ConfigError
+from relaygate.listeners import new_server_tls
 from relaygate.pop3 import POP3Front, POP3FrontFactory
 from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
 from relaygate.routing.table import TableRouter
@@ -50,7 +51,11 @@ class POP3TestCase(SynchronousTestCase):
         if tls != "none":
             sections["tls"] = server_tls_config(self.mktemp())
         config = make_config(**sections)
-        factory = POP3FrontFactory(config, listener(tls), self.router, self.reactor, lambda: 42)
+        listen = listener(tls)
+        server_tls = new_server_tls(listen, config)
+        factory = POP3FrontFactory(
+            config, listen, self.router, self.reactor, lambda: 42, server_tls=server_tls
+        )
         front = factory.buildProtocol(None)
         return front, connect_front(front)
 
@@ -304,7 +309,10 @@ class DovecotPOP3Tests(TestCase):
             self.addCleanup(pool.stopService)
         else:
             router = TableRouter(config.routes)
-        factory = POP3FrontFactory(config, config.listen[1], router, reactor)
+        server_tls = new_server_tls(config.listen[1], config)
+        factory = POP3FrontFactory(
+            config, config.listen[1], router, reactor, server_tls=server_tls
+        )
         return await start_gateway(self, factory)
 
     async def test_user_pass_and_retr(self) -> None:

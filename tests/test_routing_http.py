@@ -27,7 +27,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import AuthConfig
+from relaygate.config.auth import AuthConfig
 from relaygate.routing.http import (
     HTTPRouter,
     escape_auth_value,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.addresses import HostPort
-from relaygate.config import RouteConfig
+from relaygate.config.routes import RouteConfig
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse
 from relaygate.routing.table import TableRouter
 

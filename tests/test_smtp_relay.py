@@ -19,7 +19,8 @@ from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, load
+from relaygate.config.load import load
+from relaygate.config.model import Config
 from tests.authservice import AuthService, hang, ok_to, refuse, start_auth_service
 from tests.peers import (
     Relay,

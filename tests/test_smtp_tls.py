@@ -32,10 +32,12 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from typing_extensions import override
 
-from relaygate.config import TLSConfig, parse
+from relaygate.config.load import parse
+from relaygate.config.tls import TLSConfig
+from relaygate.listeners import new_server_tls
 from relaygate.smtp.backend import BackendClient
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
-from relaygate.tls import ServerTLS
+from relaygate.tls.server import ServerTLS
 from tests.authservice import ok_to, start_auth_service
 from tests.certs import PKI, Issued, issue, make_pki
 from tests.peers import run_swaks, start_relay
@@ -83,7 +85,10 @@ class TLSFront:
         self.reactor = MemoryReactorClock()
         self.router = FakeRouter()
         loaded = parse(config, os.path.join(os.getcwd(), "test.toml"))
-        self.factory = SMTPFrontFactory(loaded, loaded.listen[0], self.router, self.reactor)
+        server_tls = new_server_tls(loaded.listen[0], loaded)
+        self.factory = SMTPFrontFactory(
+            loaded, loaded.listen[0], self.router, self.reactor, server_tls=server_tls
+        )
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.front: SMTPFront = self.factory.buildProtocol(peer)
         self.client = StartTLSTransport(

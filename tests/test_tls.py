@@ -37,32 +37,32 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
 from zope.interface import implementer
 
-from relaygate import config as config_module
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ConfigError, ListenConfig, TLSConfig
+from relaygate.config import load as config_load
+from relaygate.config.errors import ConfigError
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
+from relaygate.config.tls import TLSConfig
 from relaygate.listeners import (
+    new_server_tls,
     reload_certificates,
     server_endpoint,
-    server_tls_for,
     tls_reload_service,
 )
 from relaygate.routing.router import ClientTLS
-from relaygate.tls import (
+from relaygate.tls.client import backend_tls_creator, https_policy
+from relaygate.tls.facts import (
     CERTIFICATE_REPLIES,
-    ALPNMismatch,
-    HandshakeResult,
-    HandshakeTimer,
-    ReloadOnSIGHUP,
-    ServerTLS,
-    backend_tls_creator,
     certificate_problem,
     client_tls_info,
-    https_policy,
-    normalise_server_name,
     rfc2253_name,
     serial_hex,
     tls_facts,
 )
+from relaygate.tls.handshake import HandshakeResult, HandshakeTimer
+from relaygate.tls.names import normalise_server_name
+from relaygate.tls.reload import ReloadOnSIGHUP
+from relaygate.tls.server import ALPNMismatch, ServerTLS
 from tests.certs import PKI, Issued, issue, make_pki
 
 reactor: Any = _global_reactor
@@ -657,7 +657,7 @@ def parse_config(directory: str, tls: dict[str, Any], listen_tls: str = "implici
         "tls": tls,
         "route": [{"match": "*", "backends": ["127.0.0.1:25"]}],
     }
-    return config_module.parse(data, os.path.join(directory, "relaygate.toml"))
+    return config_load.parse(data, os.path.join(directory, "relaygate.toml"))
 
 
 class ConfigTests(PKITestCase):
@@ -772,16 +772,17 @@ class ConfigTests(PKITestCase):
             config = parse_config(self.pki.directory, {"certificate": "server.pem"}, mode)
             self.assertEqual(config.listen[0].tls, mode)
 
-    def test_server_tls_built_once_per_listener(self) -> None:
-        """L{server_tls_for} returns the same creator each time, and None for plain listeners."""
+    def test_server_tls_for_tls_listeners_only(self) -> None:
+        """L{new_server_tls} builds a creator for a TLS listener and None for a plain one."""
         config = parse_config(self.pki.directory, {"certificate": "server.pem"})
-        first = server_tls_for(config.listen[0], config)
+        first = new_server_tls(config.listen[0], config)
+        assert first is not None
         self.assertIsInstance(first, ServerTLS)
-        self.assertIs(server_tls_for(config.listen[0], config), first)
         plain = dataclasses.replace(config.listen[0], tls="none")
-        self.assertIsNone(server_tls_for(plain, config))
-        self.assertTrue(reload_certificates(config))
-        self.assertIsInstance(tls_reload_service(config, reactor), ReloadOnSIGHUP)
+        self.assertIsNone(new_server_tls(plain, config))
+        self.assertTrue(reload_certificates([first]))
+        self.assertIsInstance(tls_reload_service([first], reactor), ReloadOnSIGHUP)
+        self.assertIsNone(tls_reload_service([], reactor))
 
 
 class Echo(Protocol):
@@ -819,7 +820,8 @@ class ListenerTests(TestCase):
         config = dataclasses.replace(config, listen=(listen,))
         self.infos: list[ClientTLS | None] = []
         factory = Factory.forProtocol(lambda: Echo(self.infos))
-        port: IListeningPort = await server_endpoint(listen, config, reactor).listen(factory)
+        endpoint = server_endpoint(listen, config, reactor, new_server_tls(listen, config))
+        port: IListeningPort = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)
         address = port.getHost()
         assert isinstance(address, IPv4Address)

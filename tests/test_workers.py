@@ -17,7 +17,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.addresses import HostPort
-from relaygate.config import load
+from relaygate.config.load import load
 from relaygate.demo import DemoFactory
 from relaygate.workers import WorkerPool, bind_listener
 

@@ -38,10 +38,10 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import AuthConfig
+from relaygate.config.auth import AuthConfig
 from relaygate.connect import client_endpoint
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
-from relaygate.tls import https_policy
+from relaygate.tls.client import https_policy
 
 # nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
 _AUTH_METHODS: Final[dict[str, bytes]] = {

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred, succeed
 
-from relaygate.config import PROTOCOLS, RouteConfig
+from relaygate.config.routes import RouteConfig
+from relaygate.config.server import PROTOCOLS
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse
 
 # What the SMTP front sends for a recipient no route covers (Postfix says the same).

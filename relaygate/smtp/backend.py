@@ -36,7 +36,7 @@ from zope.interface import implementer
 from relaygate.addresses import HostPort
 from relaygate.connect import client_endpoint, set_no_delay
 from relaygate.smtp.replies import Reply
-from relaygate.tls import tls_facts
+from relaygate.tls.facts import tls_facts
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
 

@@ -40,9 +40,9 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.config import Config, ListenConfig
+from relaygate.config.model import Config
+from relaygate.config.server import ListenConfig
 from relaygate.connect import set_no_delay
-from relaygate.listeners import server_tls_for
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.routing.router import (
     Accept,
@@ -98,13 +98,10 @@ from relaygate.smtp.replies import (
 from relaygate.smtp.sasl import R_AUTH_REQUIRED, R_BACKEND_LOGIN
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import xclient_commands
-from relaygate.tls import (
-    CERTIFICATE_REPLIES,
-    CertificateProblem,
-    HandshakeTimer,
-    ServerTLS,
-    backend_tls_creator,
-)
+from relaygate.tls.client import backend_tls_creator
+from relaygate.tls.facts import CERTIFICATE_REPLIES, CertificateProblem
+from relaygate.tls.handshake import HandshakeTimer
+from relaygate.tls.server import ServerTLS
 
 _session_ids = itertools.count(1)
 _BUFFER_LIMIT = 65536
@@ -139,7 +136,9 @@ class FrontSettings:
     backend_proxy_protocol: str = "none"
 
     @classmethod
-    def from_config(cls, config: Config, listen: ListenConfig) -> FrontSettings:
+    def from_config(
+        cls, config: Config, listen: ListenConfig, server_tls: ServerTLS | None
+    ) -> FrontSettings:
         """Take the SMTP front's settings for C{listen} from C{config}."""
         smtp_config = config.smtp
         extensions = []
@@ -162,7 +161,7 @@ class FrontSettings:
             extensions=tuple(extensions),
             xclient=smtp_config.xclient,
             tls_mode=listen.tls,
-            server_tls=server_tls_for(listen, config),
+            server_tls=server_tls,
             backend_tls=smtp_config.backend_tls,
             backend_ca=smtp_config.backend_ca,
             backend_certificate=smtp_config.backend_certificate,
@@ -1050,8 +1049,16 @@ class SMTPFrontFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, config: Config, listen: ListenConfig, router: Router, reactor: Any) -> None:
-        self.settings = FrontSettings.from_config(config, listen)
+    def __init__(
+        self,
+        config: Config,
+        listen: ListenConfig,
+        router: Router,
+        reactor: Any,
+        *,
+        server_tls: ServerTLS | None,
+    ) -> None:
+        self.settings = FrontSettings.from_config(config, listen, server_tls)
         self.router = router
         self.reactor = reactor
 

@@ -1,0 +1,1 @@
+"""relaygate's TOML configuration: frozen dataclasses, one module per section or so."""
