@@ -12,6 +12,7 @@ from relaygate.addresses import HostPort
 from relaygate.config.errors import ConfigError
 from relaygate.config.load import parse
 from relaygate.config.ops import HealthConfig, LogConfig, MetricsConfig
+from relaygate.config.server import ServerConfig as ServerDefaults
 from tests.test_config import minimal
 
 
@@ -86,3 +87,23 @@ class OpsConfigTests(SynchronousTestCase):
             ),
         ]:
             self.assert_error(data, message)
+
+
+class ServiceUnitTests(SynchronousTestCase):
+    """etc/relaygate.service keeps the promises docs/operations.md makes."""
+
+    def test_unit(self) -> None:
+        """SIGHUP reload, SIGTERM stop with time above drain_timeout, unprivileged user."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(os.path.dirname(here), "etc", "relaygate.service")) as f:
+            lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        settings: dict[str, list[str]] = {}
+        for line in lines:
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+        self.assertEqual(settings["ExecReload"][-1], "/bin/kill -HUP $MAINPID")
+        self.assertEqual(settings["KillSignal"], ["SIGTERM"])
+        self.assertGreater(float(settings["TimeoutStopSec"][0]), ServerDefaults.drain_timeout)
+        self.assertEqual(settings["User"], ["relaygate"])
+        self.assertEqual(settings["AmbientCapabilities"], ["CAP_NET_BIND_SERVICE"])
+        self.assertIn("twistd -n --pidfile= relaygate", settings["ExecStart"][0])
