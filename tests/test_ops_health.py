@@ -186,6 +186,16 @@ class ProbeTests(TestCase):
         self.assertTrue(up)
         self.assertEqual(backend.lines, [b"h2 LOGOUT"])
 
+    async def test_any_protocol_route_reads_the_greeting(self) -> None:
+        """A backend of a "*" route used by several protocols passes on any mail greeting."""
+        backend = FakeBackendFactory("imap")
+        up, _ = await self.probe(ProbeTarget("*", listen(self, backend)))
+        self.assertTrue(up)
+        self.assertEqual(backend.lines, [])
+        bad = FakeBackendFactory("smtp", greeting=b"HTTP/1.0 400 Bad Request")
+        up, _ = await self.probe(ProbeTarget("*", listen(self, bad)))
+        self.assertFalse(up)
+
     async def test_never_greets_is_down(self) -> None:
         """A backend that accepts but never greets fails by timeout and is taken out."""
         backend = FakeBackendFactory("smtp", greeting=None)

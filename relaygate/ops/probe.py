@@ -168,7 +168,15 @@ async def _pop3(reader: ProbeReader, name: str, target: ProbeTarget) -> None:
     await _pop3_ok(reader, "QUIT")
 
 
-_PROBES = {"smtp": _smtp, "imap": _imap, "pop3": _pop3}
+async def _any(reader: ProbeReader, name: str, target: ProbeTarget) -> None:
+    """A backend of a C{protocol = "*"} route that several protocols use: a greeting of any
+    of the three is healthy (the probe cannot know which one to speak)."""
+    greeting = await reader.read_line()
+    if not greeting.startswith((b"220", b"* OK", b"+OK")):
+        raise ProbeFailed(f"expected a mail greeting, got {greeting[:80]!r}")
+
+
+_PROBES = {"smtp": _smtp, "imap": _imap, "pop3": _pop3, "*": _any}
 
 
 async def run_probe(reader: ProbeReader, protocol: str, name: str, target: ProbeTarget) -> None:

@@ -1,0 +1,122 @@
+"""Tests for L{relaygate.ops.build}: the operations services made from a configuration."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from relaygate.addresses import HostPort
+from relaygate.config.load import parse
+from relaygate.ops.accesslog import AccessLogService
+from relaygate.ops.build import build_operations, health_targets
+from relaygate.ops.health import Health
+from relaygate.ops.probe import ProbeTarget
+from tests.certs import make_pki
+from tests.test_config import minimal
+
+
+class BuildTests(SynchronousTestCase):
+    """What runs depends on the sections present."""
+
+    def build(self, data: dict[str, Any], **kwargs: Any) -> tuple[Any, MultiService, Any]:
+        reactor = MemoryReactorClock()
+        parent = MultiService()
+        ops = build_operations(parse(data, "gw.toml"), reactor, parent, **kwargs)
+        return ops, parent, reactor
+
+    def test_nothing_listens_by_default(self) -> None:
+        """Without [metrics] listen no port is opened and no probe runs."""
+        _, parent, reactor = self.build(minimal())
+        parent.startService()
+        self.assertEqual((reactor.tcpServers, reactor.tcpClients), ([], []))
+        parent.stopService()
+
+    def test_metrics_listener(self) -> None:
+        """[metrics] listen opens the HTTP listener on that address."""
+        ops, parent, reactor = self.build(minimal(metrics={"listen": "127.0.0.1:9101"}))
+        parent.startService()
+        self.assertEqual([(p[0], p[3]) for p in reactor.tcpServers], [(9101, "127.0.0.1")])
+        ops.metrics.session_started("smtp")
+        parent.stopService()
+
+    def test_metrics_listener_not_in_this_process(self) -> None:
+        """A worker whose parent serves the metrics does not listen itself."""
+        _, parent, reactor = self.build(
+            minimal(metrics={"listen": "127.0.0.1:9101"}), serve_metrics=False
+        )
+        parent.startService()
+        self.assertEqual(reactor.tcpServers, [])
+        parent.stopService()
+
+    def test_health_probes_route_backends(self) -> None:
+        """[health] present: every route backend is probed at start."""
+        _, parent, reactor = self.build(minimal(health={}))
+        parent.startService()
+        self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], [("127.0.0.1", 25)])
+        parent.stopService()
+
+    def test_access_log_service(self) -> None:
+        """[log] access adds the JSON log, unless this process only relays events."""
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        data = minimal(log={"access": os.path.join(directory, "access.json")})
+        _, parent, _ = self.build(data)
+        self.assertEqual([type(s) for s in parent], [Health, AccessLogService])
+        _, parent, _ = self.build(data, access_log=False)
+        self.assertNotIn(AccessLogService, [type(s) for s in parent])
+
+
+class TargetTests(SynchronousTestCase):
+    """Probe targets take the route's protocol and TLS/PROXY settings."""
+
+    def test_route_settings_override_section(self) -> None:
+        """A route's backend_proxy_protocol wins over the protocol section's."""
+        config = parse(
+            minimal(
+                listen=[
+                    {"protocol": "smtp", "address": "127.0.0.1:2525"},
+                    {"protocol": "pop3", "address": "127.0.0.1:2110"},
+                ],
+                route=[
+                    {"protocol": "smtp", "match": "*", "backends": ["127.0.0.1:25"]},
+                    {
+                        "protocol": "pop3",
+                        "match": "*",
+                        "backends": ["127.0.0.1:110", "127.0.0.1:111"],
+                        "backend_proxy_protocol": "v2",
+                    },
+                    {"protocol": "*", "match": "x.org", "backends": ["127.0.0.1:26"]},
+                ],
+                smtp={"backend_proxy_protocol": "v1"},
+            ),
+            "gw.toml",
+        )
+        self.assertEqual(
+            health_targets(config),
+            [
+                ProbeTarget("smtp", HostPort("127.0.0.1", 25), "none", "v1"),
+                ProbeTarget("pop3", HostPort("127.0.0.1", 110), "none", "v2"),
+                ProbeTarget("pop3", HostPort("127.0.0.1", 111), "none", "v2"),
+                ProbeTarget("*", HostPort("127.0.0.1", 26), "none", "none"),
+            ],
+        )
+
+    def test_star_route_with_one_protocol(self) -> None:
+        """A "*" route with only SMTP listeners is probed as SMTP."""
+        config = parse(minimal(), "gw.toml")
+        self.assertEqual(health_targets(config), [ProbeTarget("smtp", HostPort("127.0.0.1", 25))])
+
+    def test_required_tls_gets_a_verifying_creator(self) -> None:
+        """backend_tls required builds the section's verifying client TLS for the probe."""
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        config = parse(
+            minimal(smtp={"backend_tls": "required", "backend_ca": pki.ca.certificate}),
+            "gw.toml",
+        )
+        [target] = health_targets(config)
+        self.assertEqual(target.tls, "required")
+        self.assertIsNotNone(target.tls_creator)
