@@ -14,7 +14,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTCP, IStreamServerEndpoint
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -98,7 +98,7 @@ class DemoFactory(ServerFactory):
         return server
 
 
-def demo_service(config: DemoConfig, name: str, reactor: Any) -> IService:
+def demo_service(config: DemoConfig, name: str, reactor: IReactorTCP) -> IService:
     """The listening service of the demo backend (creates its directories)."""
     for sub in ("tmp", "new"):
         os.makedirs(os.path.join(config.directory, sub), exist_ok=True)

@@ -8,7 +8,6 @@ per listener by L{relaygate.service.build_service} and shared by all its connect
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, wrapServerTLS
@@ -16,6 +15,7 @@ from twisted.internet.interfaces import IReactorFromThreads, IStreamServerEndpoi
 
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.reactor import IGatewayReactor
 from relaygate.tls.reload import ReloadOnSIGHUP
 from relaygate.tls.server import ServerTLS
 
@@ -66,7 +66,7 @@ def tls_reload_service(
 def server_endpoint(
     listen: ListenConfig,
     config: Config,
-    reactor: Any,
+    reactor: IGatewayReactor,
     server_tls: ServerTLS | None,
     base: IStreamServerEndpoint | None = None,
 ) -> IStreamServerEndpoint:

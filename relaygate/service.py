@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -14,13 +13,14 @@ from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.listeners import new_server_tls, server_endpoint, tls_reload_service
 from relaygate.policy import LimitedFactory, new_limits
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
 from relaygate.tls.server import ServerTLS
 
-FactoryMaker = Callable[[Config, ListenConfig, Router, Any, ServerTLS | None], Factory]
+FactoryMaker = Callable[[Config, ListenConfig, Router, IGatewayReactor, ServerTLS | None], Factory]
 
 
-def build_router(config: Config, reactor: Any, parent: MultiService) -> Router:
+def build_router(config: Config, reactor: IGatewayReactor, parent: MultiService) -> Router:
     """The auth_http router when C{[auth] http} is set, else the embedded C{[[route]]} table."""
     if config.auth.http:
         from relaygate.routing.http import new_http_router
@@ -37,7 +37,7 @@ def _smtp_factory(
     config: Config,
     listen: ListenConfig,
     router: Router,
-    reactor: Any,
+    reactor: IGatewayReactor,
     server_tls: ServerTLS | None,
 ) -> Factory:
     from relaygate.smtp.front import SMTPFrontFactory
@@ -49,7 +49,7 @@ def _imap_factory(
     config: Config,
     listen: ListenConfig,
     router: Router,
-    reactor: Any,
+    reactor: IGatewayReactor,
     server_tls: ServerTLS | None,
 ) -> Factory:
     from relaygate.imap import IMAPFrontFactory
@@ -61,7 +61,7 @@ def _pop3_factory(
     config: Config,
     listen: ListenConfig,
     router: Router,
-    reactor: Any,
+    reactor: IGatewayReactor,
     server_tls: ServerTLS | None,
 ) -> Factory:
     from relaygate.pop3 import POP3FrontFactory
@@ -78,7 +78,7 @@ FACTORIES: dict[str, FactoryMaker] = {
 
 def build_service(
     config: Config,
-    reactor: Any,
+    reactor: IGatewayReactor,
     adopted: Mapping[str, IStreamServerEndpoint] | None = None,
     with_demo: bool = True,
 ) -> MultiService:

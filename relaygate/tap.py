@@ -6,12 +6,12 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
 from relaygate.config.errors import ConfigError
 from relaygate.config.load import load
 from relaygate.config.model import Config
+from relaygate.reactor import IParentReactor
 
 
 class Options(usage.Options):
@@ -44,13 +44,15 @@ class Options(usage.Options):
 
 
 def makeService(
-    options: Options | dict[str, Any], reactor: IReactorCore | None = None
+    options: Options | dict[str, Any], reactor: IParentReactor | None = None
 ) -> IService:
     """Build the gateway's services from the loaded configuration."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        # twistd installed it; it provides every interface relaygate uses (relaygate.reactor).
+        installed: IParentReactor = global_reactor  # type: ignore[assignment]
+        reactor = installed
     config = options.config if isinstance(options, Options) else options["config"]
     if config.server.workers > 1:
         from relaygate.workers import pool_service

@@ -22,7 +22,12 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorSocket,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import (
     FilteringLogObserver,
@@ -41,6 +46,7 @@ from relaygate.addresses import HostPort
 from relaygate.config.load import load
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.reactor import IParentReactor, IWorkerReactor
 from relaygate.tls.reload import ReloadOnSIGHUP
 
 RESTART_DELAY = 1.0
@@ -64,7 +70,7 @@ def bind_listener(address: HostPort) -> socket.socket:
 class AdoptedEndpoint:
     """An endpoint that listens on a socket the parent already bound (by file descriptor)."""
 
-    def __init__(self, reactor: Any, fd: int, family: socket.AddressFamily) -> None:
+    def __init__(self, reactor: IReactorSocket, fd: int, family: socket.AddressFamily) -> None:
         self._reactor = reactor
         self._fd = fd
         self._family = family
@@ -115,7 +121,7 @@ class WorkerPool(Service):
         self,
         config: Config,
         count: int,
-        reactor: Any,
+        reactor: IParentReactor,
         python: str = sys.executable,
     ) -> None:
         self._config = config
@@ -229,7 +235,7 @@ class WorkerPool(Service):
         self.signal_all("KILL")
 
 
-def pool_service(config: Config, reactor: Any) -> MultiService:
+def pool_service(config: Config, reactor: IParentReactor) -> MultiService:
     """The parent's service tree: the worker pool, and the demo backend when configured."""
     top = MultiService()
     if config.demo is not None:
@@ -256,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from relaygate.service import build_service
 
-    reactor: Any = global_reactor
+    # It provides every interface relaygate uses (relaygate.reactor).
+    reactor: IWorkerReactor = global_reactor  # type: ignore[assignment]
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     # Debug events stay in the worker: each relayed event costs a JSON round trip.
     to_parent = FilteringLogObserver(
@@ -281,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     Logger(namespace="relaygate.workers").info(
         "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True
     )
-    reactor.run(installSignalHandlers=False)
+    # The reactors' run() takes this keyword; IReactorCore does not name it.
+    reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Dovecot runs in the foreground and logs to its stderr, which a thread reads line
 tests can wait for a log line (L{Dovecot.wait_for_log}) instead of sleeping. The process is
 not owned by the reactor: trial's reactor checks between tests would see its pipes otherwise.
 
-Ports: Dovecot cannot pick its own port and report it, so L{free_port} binds 127.0.0.1:0 and
+Ports: Dovecot cannot pick its own port and report it, so L{free_ports} binds 127.0.0.1:0 and
 releases it; another process could take the port in between. Dovecot then fails with its own
 "Address already in use" error rather than hanging, and L{Dovecot.start} tries again with new
 ports (a few times).
@@ -86,10 +86,23 @@ service anvil {{
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (see the module docstring)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """C{count} distinct TCP ports on 127.0.0.1 that were free a moment ago.
+
+    All sockets are held open until every port is known, so the kernel cannot hand the same
+    port out twice (Dovecot refuses a config with a duplicate listener).
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 _START_ATTEMPTS = 3
@@ -115,11 +128,11 @@ class Dovecot:
         self.ssl = ssl
         self._certificate = certificate
         self._key = key
-        self.imap_port = free_port()
-        self.pop3_port = free_port()
+        ports = free_ports(4)
+        self.imap_port, self.pop3_port = ports[0], ports[1]
         # 0 turns Dovecot's implicit-TLS listeners off.
-        self.imaps_port = free_port() if ssl != "no" else 0
-        self.pop3s_port = free_port() if ssl != "no" else 0
+        self.imaps_port = ports[2] if ssl != "no" else 0
+        self.pop3s_port = ports[3] if ssl != "no" else 0
         self.log: list[str] = []
         self._changed = threading.Condition()
         self._process: subprocess.Popen[bytes] | None = None
@@ -156,7 +169,7 @@ class Dovecot:
                 dovecot.wait_for_log("starting up", timeout)
             except DovecotError:
                 dovecot.stop()
-                # Another process took one of the ports free_port found (see the module
+                # Another process took one of the ports free_ports found (see the module
                 # docstring): try again with new ones.
                 if attempt + 1 < _START_ATTEMPTS and any(
                     "Address already in use" in line for line in dovecot.log

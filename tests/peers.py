@@ -26,7 +26,7 @@ import tempfile
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import reactor as _global_reactor
@@ -49,6 +49,7 @@ from zope.interface import alsoProvides, providedBy
 from relaygate.addresses import HostPort
 from relaygate.config.load import parse
 from relaygate.config.model import Config
+from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
 from relaygate.smtp.front import SMTPFrontFactory
 
@@ -652,7 +653,7 @@ async def start_relay(case: TestCase, config: Config | str) -> Relay:
     )
     tracker = _Tracker()
     tracking = _TrackingReactor(reactor, tracker)
-    service = build_service(config, tracking)
+    service = build_service(config, cast(IGatewayReactor, tracking))
     service.startService()
 
     async def stop() -> None:

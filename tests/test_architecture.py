@@ -38,7 +38,7 @@ KNOWN_CYCLES: Final[frozenset[frozenset[str]]] = frozenset(
 )
 """Import cycles (as the set of modules in one strongly connected component) allowed for now."""
 
-LEAVES: Final = ("relaygate.addresses", "relaygate.smtp.replies")
+LEAVES: Final = ("relaygate.addresses", "relaygate.reactor", "relaygate.smtp.replies")
 """Value modules that everything may import, and that import nothing of relaygate's."""
 
 

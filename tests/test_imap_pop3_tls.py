@@ -12,7 +12,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
@@ -39,6 +39,7 @@ from relaygate.imap import IMAPFrontFactory
 from relaygate.listeners import new_server_tls
 from relaygate.login import LoginFront
 from relaygate.pop3 import POP3FrontFactory
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Router
 from relaygate.routing.table import TableRouter
 from relaygate.service import build_service
@@ -703,7 +704,7 @@ class ConfigTests(SynchronousTestCase):
                 {"protocol": "pop3", "address": "127.0.0.1:1995", "tls": "implicit"},
             ]
         )
-        services = list(build_service(config, MemoryReactorClock()))
+        services = list(build_service(config, cast(IGatewayReactor, MemoryReactorClock())))
         imap, pop3 = (s for s in services if isinstance(s, StreamServerEndpointService))
         self.assertIsInstance(imap.factory, IMAPFrontFactory)
         self.assertEqual(imap.factory.settings.tls_mode, "starttls")

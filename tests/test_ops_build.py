@@ -16,7 +16,7 @@ from relaygate.ops.build import build_operations, health_targets
 from relaygate.ops.health import Health
 from relaygate.ops.probe import ProbeTarget
 from tests.certs import make_pki
-from tests.test_config import minimal
+from tests.test_config_load import minimal
 
 
 class BuildTests(SynchronousTestCase):

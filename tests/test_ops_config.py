@@ -13,7 +13,7 @@ from relaygate.config.errors import ConfigError
 from relaygate.config.load import parse
 from relaygate.config.ops import HealthConfig, LogConfig, MetricsConfig
 from relaygate.config.server import ServerConfig as ServerDefaults
-from tests.test_config import minimal
+from tests.test_config_load import minimal
 
 
 class OpsConfigTests(SynchronousTestCase):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
+from typing import cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
@@ -19,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from relaygate.addresses import HostPort
 from relaygate.config.load import load
 from relaygate.demo import DemoFactory
+from relaygate.reactor import IParentReactor
 from relaygate.workers import WorkerPool, bind_listener
 
 
@@ -67,7 +69,7 @@ class WorkerPoolTests(TestCase):
                 f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{port}"]\n'
                 "[smtp]\nxclient = false\n"
             )
-        pool = WorkerPool(load(path), 2, reactor)
+        pool = WorkerPool(load(path), 2, cast(IParentReactor, reactor))
         pool.startService()
         stopped: list[bool] = []
 

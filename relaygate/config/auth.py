@@ -21,6 +21,7 @@ class AuthConfig:
 
 
 def read_auth(t: Table, base: str) -> AuthConfig:
+    """Read C{[auth]}; C{http} may be one URL or a list of them (tried in order)."""
     t.used.add("http")
     raw = t.data.get("http", ())
     urls = (raw,) if isinstance(raw, str) else t.strings("http", ())

@@ -18,6 +18,7 @@ class DemoConfig:
 
 
 def read_demo(t: Table, base: str) -> DemoConfig | None:
+    """Read C{[demo]}; C{None} when the section is absent."""
     if not t.data:
         return None
     demo = DemoConfig(

@@ -35,6 +35,7 @@ class LimitsConfig:
 
 
 def read_realip(t: Table) -> RealIPConfig:
+    """Read C{[realip]}: each trusted source must be an address or CIDR network."""
     trusted = t.strings("trusted", ())
     for network in trusted:
         try:
@@ -49,6 +50,7 @@ def read_realip(t: Table) -> RealIPConfig:
 
 
 def read_limits(t: Table) -> LimitsConfig:
+    """Read C{[limits]}."""
     limits = LimitsConfig(
         connections_per_address=t.integer("connections_per_address", 0),
         connections_per_minute=t.integer("connections_per_minute", 0),

@@ -110,6 +110,7 @@ def _read_login_section(
 
 
 def read_imap(t: Table, base: str) -> IMAPConfig:
+    """Read C{[imap]}: the shared login-front keys plus IMAP's own."""
     d = IMAPConfig()
     imap = replace(
         d,
@@ -124,6 +125,7 @@ def read_imap(t: Table, base: str) -> IMAPConfig:
 
 
 def read_pop3(t: Table, base: str) -> POP3Config:
+    """Read C{[pop3]}: the shared login-front keys."""
     d = POP3Config()
     pop3 = replace(
         d,

@@ -29,6 +29,7 @@ class RouteConfig:
 
 
 def read_route(t: Table) -> RouteConfig:
+    """Read one C{[[route]]} entry."""
     protocol = t.choice("protocol", (*PROTOCOLS, "*"), "*")
     match = t.string("match").lower()
     if not match or any(c.isspace() or c in "@<>" for c in match):

@@ -37,6 +37,7 @@ class ListenConfig:
 
 
 def read_server(t: Table) -> ServerConfig:
+    """Read C{[server]}; C{workers} may be a number or C{"auto"} (one per CPU)."""
     workers_raw = t.data.get("workers", 1)
     t.used.add("workers")
     if workers_raw == "auto":
@@ -60,6 +61,7 @@ def read_server(t: Table) -> ServerConfig:
 
 
 def read_listen(t: Table) -> ListenConfig:
+    """Read one C{[[listen]]} entry."""
     listen = ListenConfig(
         protocol=t.choice("protocol", PROTOCOLS),
         address=t.address("address", any_port=True),

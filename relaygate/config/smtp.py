@@ -40,6 +40,7 @@ class SMTPConfig:
 
 
 def read_smtp(t: Table, base: str) -> SMTPConfig:
+    """Read C{[smtp]} and check its backend CA bundle and client certificate."""
     smtp = SMTPConfig(
         auth=t.choices("auth", SMTP_AUTH_METHODS, ("none",)),
         xclient=t.boolean("xclient", True),

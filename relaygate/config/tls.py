@@ -33,6 +33,7 @@ class TLSConfig:
 
 
 def read_tls(t: Table, base: str) -> TLSConfig:
+    """Read C{[tls]} and load its files now, so a broken certificate fails the config check."""
     defaults = TLSConfig()
     tls = TLSConfig(
         certificate=t.path("certificate", base),

@@ -6,6 +6,7 @@ from cryptography import x509
 
 
 def dns_names(certificate: x509.Certificate) -> list[str]:
+    """The DNS names of a certificate's subjectAltName, for log events."""
     try:
         sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
