@@ -15,7 +15,6 @@ import tempfile
 from typing import Any, cast
 
 from OpenSSL import SSL
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -31,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
 from zope.interface import implementer
 
+from relaygate import service as service_module
 from relaygate.addresses import HostPort
 from relaygate.config.errors import ConfigError
 from relaygate.config.model import Config
@@ -44,7 +44,6 @@ from relaygate.routing.router import Accept, AuthRequest, Router
 from relaygate.routing.table import TableRouter
 from relaygate.service import build_service
 from relaygate.tls.client import trust_root
-from relaygate.tls.reload import ReloadOnSIGHUP
 from relaygate.tls.server import ServerTLS
 from tests.certs import PKI, Issued, issue, make_pki
 from tests.dovecot import Dovecot, dovecot_for
@@ -704,16 +703,16 @@ class ConfigTests(SynchronousTestCase):
                 {"protocol": "pop3", "address": "127.0.0.1:1995", "tls": "implicit"},
             ]
         )
-        services = list(build_service(config, cast(IGatewayReactor, MemoryReactorClock())))
-        imap, pop3 = (s for s in services if isinstance(s, StreamServerEndpointService))
-        self.assertIsInstance(imap.factory, IMAPFrontFactory)
-        self.assertEqual(imap.factory.settings.tls_mode, "starttls")
-        self.assertEqual(pop3.factory.settings.tls_mode, "implicit")
-        imap_tls = imap.factory.settings.server_tls
-        pop3_tls = pop3.factory.settings.server_tls
+        gateway = build_service(config, cast(IGatewayReactor, MemoryReactorClock()))
+        imap, pop3 = (item.switch.wrapped_factory for item in gateway.listeners.values())
+        assert isinstance(imap, IMAPFrontFactory) and isinstance(pop3, POP3FrontFactory)
+        self.assertEqual(imap.settings.tls_mode, "starttls")
+        self.assertEqual(pop3.settings.tls_mode, "implicit")
+        imap_tls = imap.settings.server_tls
+        pop3_tls = pop3.settings.server_tls
         assert imap_tls is not None and pop3_tls is not None
         self.assertEqual((imap_tls.protocol, pop3_tls.protocol), ("imap", "pop3"))
-        # SIGHUP reloads exactly the creators the fronts were given.
+        # SIGHUP re-reads the file and reloads the creators of the listeners it keeps.
         reloaded: list[str] = []
         for server_tls in (imap_tls, pop3_tls):
 
@@ -722,8 +721,8 @@ class ConfigTests(SynchronousTestCase):
                 return True
 
             self.patch(server_tls, "reload", reload)
-        (sighup,) = (s for s in services if isinstance(s, ReloadOnSIGHUP))
-        sighup._reload_now()
+        self.patch(service_module, "load", lambda path: config)
+        self.assertTrue(gateway.reload())
         self.assertEqual(reloaded, ["imap", "pop3"])
 
     def test_backend_tls_keys(self) -> None:

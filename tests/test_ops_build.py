@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from twisted.application.service import MultiService
+from prometheus_client import CollectorRegistry
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.addresses import HostPort
 from relaygate.config.load import parse
 from relaygate.ops.accesslog import AccessLogService
-from relaygate.ops.build import build_operations, health_targets
-from relaygate.ops.health import Health
+from relaygate.ops.build import access_log_service, health_targets, metrics_service, new_health
 from relaygate.ops.probe import ProbeTarget
+from relaygate.ops.sessions import SessionRegistry
 from tests.certs import make_pki
 from tests.test_config_load import minimal
 
@@ -22,52 +21,36 @@ from tests.test_config_load import minimal
 class BuildTests(SynchronousTestCase):
     """What runs depends on the sections present."""
 
-    def build(self, data: dict[str, Any], **kwargs: Any) -> tuple[Any, MultiService, Any]:
+    def test_metrics_service_only_when_listening(self) -> None:
+        """Without [metrics] listen there is no HTTP listener; with it, one on that address."""
         reactor = MemoryReactorClock()
-        parent = MultiService()
-        ops = build_operations(parse(data, "gw.toml"), reactor, parent, **kwargs)
-        return ops, parent, reactor
-
-    def test_nothing_listens_by_default(self) -> None:
-        """Without [metrics] listen no port is opened and no probe runs."""
-        _, parent, reactor = self.build(minimal())
-        parent.startService()
-        self.assertEqual((reactor.tcpServers, reactor.tcpClients), ([], []))
-        parent.stopService()
-
-    def test_metrics_listener(self) -> None:
-        """[metrics] listen opens the HTTP listener on that address."""
-        ops, parent, reactor = self.build(minimal(metrics={"listen": "127.0.0.1:9101"}))
-        parent.startService()
+        registry = SessionRegistry(reactor)
+        self.assertIsNone(metrics_service(parse(minimal(), "gw.toml"), reactor, None, registry))  # type: ignore[arg-type]
+        config = parse(minimal(metrics={"listen": "127.0.0.1:9101"}), "gw.toml")
+        service = metrics_service(config, reactor, CollectorRegistry(), registry)
+        assert service is not None
+        service.startService()
         self.assertEqual([(p[0], p[3]) for p in reactor.tcpServers], [(9101, "127.0.0.1")])
-        ops.metrics.session_started("smtp")
-        parent.stopService()
-
-    def test_metrics_listener_not_in_this_process(self) -> None:
-        """A worker whose parent serves the metrics does not listen itself."""
-        _, parent, reactor = self.build(
-            minimal(metrics={"listen": "127.0.0.1:9101"}), serve_metrics=False
-        )
-        parent.startService()
-        self.assertEqual(reactor.tcpServers, [])
-        parent.stopService()
 
     def test_health_probes_route_backends(self) -> None:
-        """[health] present: every route backend is probed at start."""
-        _, parent, reactor = self.build(minimal(health={}))
-        parent.startService()
-        self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], [("127.0.0.1", 25)])
-        parent.stopService()
+        """[health] present: every route backend is probed at start; absent: none is."""
+        for data, probed in [(minimal(), []), (minimal(health={}), [("127.0.0.1", 25)])]:
+            reactor = MemoryReactorClock()
+            health = new_health(parse(data, "gw.toml"), reactor, None)
+            health.startService()
+            self.assertEqual([(c[0], c[1]) for c in reactor.tcpClients], probed)
+            health.stopService()
 
     def test_access_log_service(self) -> None:
-        """[log] access adds the JSON log, unless this process only relays events."""
+        """[log] access adds the JSON log."""
         directory = os.path.abspath(self.mktemp())
         os.mkdir(directory)
         data = minimal(log={"access": os.path.join(directory, "access.json")})
-        _, parent, _ = self.build(data)
-        self.assertEqual([type(s) for s in parent], [Health, AccessLogService])
-        _, parent, _ = self.build(data, access_log=False)
-        self.assertNotIn(AccessLogService, [type(s) for s in parent])
+        reactor = MemoryReactorClock()
+        self.assertIsInstance(
+            access_log_service(parse(data, "gw.toml"), reactor), AccessLogService
+        )
+        self.assertIsNone(access_log_service(parse(minimal(), "gw.toml"), reactor))
 
 
 class TargetTests(SynchronousTestCase):

@@ -116,6 +116,34 @@ class SessionRegistryTests(SynchronousTestCase):
         self.successResultOf(waiting)
 
 
+class GenerationTests(SynchronousTestCase):
+    """A reload waits for the sessions of an old configuration only."""
+
+    def test_when_generation_empty(self) -> None:
+        """when_empty(generation) ignores sessions of other generations."""
+        registry = SessionRegistry(Clock(), prefix="w1")
+        hooks = FakeHooks()
+        old = registry.open("smtp", "c", "l", hooks, generation=1)
+        new = registry.open("smtp", "c", "l", hooks, generation=2)
+        waiting = registry.when_empty(generation=1)
+        everything = registry.when_empty()
+        self.assertEqual((registry.count(1), registry.count(2), registry.count()), (1, 1, 2))
+        old.end()
+        self.successResultOf(waiting)
+        self.assertNoResult(everything)
+        new.end()
+        self.successResultOf(everything)
+
+    def test_cancelled_waiter_forgotten(self) -> None:
+        """A cancelled wait is dropped and does not fire later."""
+        registry = SessionRegistry(Clock(), prefix="w1")
+        session = registry.open("smtp", "c", "l", FakeHooks())
+        waiting = registry.when_empty()
+        waiting.cancel()
+        self.failureResultOf(waiting)
+        session.end()
+
+
 class DrainTests(SynchronousTestCase):
     """The drain stops listeners, asks sessions to drain, and ends at zero or the deadline."""
 

@@ -1,19 +1,19 @@
 """Build the operations services of one process from its configuration.
 
 L{Operations} is what the fronts are handed: the metrics to count on, the session registry to
-join, the health state failover asks, and the drain to consult. L{build_operations} creates it
-and adds to a parent service the pieces that own resources: the health probes, the metrics
-listener (only when C{[metrics] listen} is set) and the JSON access log.
+join, the health state failover asks, and the drain to consult. The builders here make the
+services that own resources: the health probes, the metrics listener (only when
+C{[metrics] listen} is set) and the JSON access log.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 
@@ -21,7 +21,7 @@ from relaygate.config.model import Config
 from relaygate.ops.accesslog import AccessLogService
 from relaygate.ops.drain import Drain
 from relaygate.ops.health import Health, HealthSettings
-from relaygate.ops.metrics import Metrics, new_metrics
+from relaygate.ops.metrics import Metrics
 from relaygate.ops.probe import ProbeTarget
 from relaygate.ops.sessions import SessionRegistry, SessionView
 from relaygate.ops.web import ops_site
@@ -30,18 +30,21 @@ from relaygate.tls.client import backend_tls_creator
 
 @dataclass
 class Operations:
-    """The operations side of one process, as the fronts and the service see it."""
+    """What the fronts of one configuration generation report to and ask.
+
+    C{metrics} and C{sessions} are the process's (shared across reloads); C{health} is this
+    generation's (its probes follow this configuration's routes); C{drain} is the process's.
+    """
 
     metrics: Metrics
     sessions: SessionRegistry
     health: Health
-    scrape: CollectorRegistry
+    generation: int = 0
     drain: Drain | None = None
-    services: list[Any] = field(default_factory=list)
 
     @property
     def draining(self) -> bool:
-        """True once SIGTERM (or a reload) started this process's drain."""
+        """True once SIGTERM (or a reload with workers) started this process's drain."""
         return self.drain is not None and self.drain.draining
 
 
@@ -92,44 +95,33 @@ def metrics_endpoint(config: Config, reactor: Any) -> IStreamServerEndpoint | No
     return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
 
 
-def build_operations(
-    config: Config,
-    reactor: Any,
-    parent: MultiService,
-    view: SessionView | None = None,
-    metrics: tuple[Metrics, CollectorRegistry] | None = None,
-    serve_metrics: bool = True,
-    access_log: bool = True,
-) -> Operations:
-    """The operations of one process for C{config}; services are added to C{parent}.
-
-    @param view: what C{/sessions} shows (a parent gathering its workers); this process's
-        registry when None.
-    @param metrics: the metrics and scrape registry to use (shared across a reload).
-    @param serve_metrics: whether this process runs the C{[metrics]} listener.
-    @param access_log: whether this process writes C{[log] access} (each worker does; a
-        parent that only relays its workers' events does not, or lines would double).
-    """
-    counted, scrape = metrics if metrics is not None else new_metrics()
-    sessions = SessionRegistry(reactor)
+def new_health(config: Config, reactor: Any, metrics: Metrics | None) -> Health:
+    """The health service for C{config}: probes when C{[health]} is present, passive marks."""
     h = config.health
-    health = Health(
+    return Health(
         health_targets(config) if h.active else [],
         HealthSettings(h.interval, h.timeout, h.fall, h.rise, h.passive_down),
         reactor,
         config.server.name,
-        counted,
+        metrics,
         active=h.active,
     )
-    health.setServiceParent(parent)
-    ops = Operations(counted, sessions, health, scrape)
-    endpoint = metrics_endpoint(config, reactor) if serve_metrics else None
-    if endpoint is not None:
-        site = ops_site(scrape, view or sessions, config.metrics.token)
-        service = StreamServerEndpointService(endpoint, site)
-        service._raiseSynchronously = True
-        service.setServiceParent(parent)
-        ops.services.append(service)
-    if access_log and config.log.access:
-        AccessLogService(config.log.access, reactor).setServiceParent(parent)
-    return ops
+
+
+def metrics_service(
+    config: Config, reactor: Any, scrape: CollectorRegistry, view: SessionView
+) -> Service | None:
+    """The C{[metrics] listen} HTTP listener, or None when it is off."""
+    endpoint = metrics_endpoint(config, reactor)
+    if endpoint is None:
+        return None
+    service = StreamServerEndpointService(endpoint, ops_site(scrape, view, config.metrics.token))
+    service._raiseSynchronously = True
+    return service
+
+
+def access_log_service(config: Config, reactor: Any) -> Service | None:
+    """The C{[log] access} JSON log, or None when it is off."""
+    if not config.log.access:
+        return None
+    return AccessLogService(config.log.access, reactor)

@@ -61,6 +61,8 @@ class LiveSession:
     state: str = "greeting"
     bytes_in: int = 0
     bytes_out: int = 0
+    generation: int = 0
+    """The configuration (reload) generation the session started under."""
     ended: bool = field(default=False, init=False)
 
     def as_json(self) -> dict[str, Any]:
@@ -93,9 +95,16 @@ class SessionRegistry:
         self._prefix = f"{os.getpid():x}" if prefix is None else prefix
         self._counter = itertools.count(1)
         self._sessions: dict[str, LiveSession] = {}
-        self._empty_waiters: list[Deferred[None]] = []
+        self._empty_waiters: list[tuple[int | None, Deferred[None]]] = []
 
-    def open(self, protocol: str, client: str, listener: str, hooks: SessionHooks) -> LiveSession:
+    def open(
+        self,
+        protocol: str,
+        client: str,
+        listener: str,
+        hooks: SessionHooks,
+        generation: int = 0,
+    ) -> LiveSession:
         """Register a session that has just connected; its id is unique in the process group."""
         session_id = f"{self._prefix}.{next(self._counter):x}"
         session = LiveSession(
@@ -106,6 +115,7 @@ class SessionRegistry:
             started=self._clock.seconds(),
             hooks=hooks,
             registry=self,
+            generation=generation,
         )
         self._sessions[session_id] = session
         return session
@@ -113,9 +123,10 @@ class SessionRegistry:
     def remove(self, session: LiveSession) -> None:
         """Forget C{session}; wake L{when_empty} waiters when it was the last."""
         self._sessions.pop(session.id, None)
-        if not self._sessions:
-            waiters, self._empty_waiters = self._empty_waiters, []
-            for waiter in waiters:
+        ready = [(g, w) for g, w in self._empty_waiters if not self.count(g)]
+        if ready:
+            self._empty_waiters = [item for item in self._empty_waiters if item not in ready]
+            for _, waiter in ready:
                 waiter.callback(None)
 
     def __len__(self) -> int:
@@ -124,17 +135,22 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[LiveSession]:
         return iter(list(self._sessions.values()))
 
-    def when_empty(self) -> Deferred[None]:
-        """Fire when no session is open (at once when none is)."""
-        if not self._sessions:
+    def count(self, generation: int | None = None) -> int:
+        """How many sessions are open (of C{generation}, when given)."""
+        if generation is None:
+            return len(self._sessions)
+        return sum(1 for s in self._sessions.values() if s.generation == generation)
+
+    def when_empty(self, generation: int | None = None) -> Deferred[None]:
+        """Fire when no session (of C{generation}, when given) is open; at once when none is."""
+        if not self.count(generation):
             return succeed(None)
-        waiter: Deferred[None] = Deferred(lambda d: self._forget_waiter(d))
-        self._empty_waiters.append(waiter)
+        waiter: Deferred[None] = Deferred(self._forget_waiter)
+        self._empty_waiters.append((generation, waiter))
         return waiter
 
     def _forget_waiter(self, waiter: Deferred[None]) -> None:
-        if waiter in self._empty_waiters:
-            self._empty_waiters.remove(waiter)
+        self._empty_waiters = [item for item in self._empty_waiters if item[1] is not waiter]
 
     def matching(self, user: str | None, session_id: str | None) -> list[LiveSession]:
         """The sessions whose user is C{user} or whose id is C{session_id}."""
