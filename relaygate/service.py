@@ -321,6 +321,8 @@ def build_service(
     adopted: Mapping[str, IStreamServerEndpoint] | None = None,
     with_demo: bool = True,
     stop: Callable[[], object] | None = None,
+    reloadable: bool = True,
+    serve_metrics: bool = True,
 ) -> Gateway:
     """Everything one relaygate process runs for C{config}, built on C{reactor}.
 
@@ -328,5 +330,7 @@ def build_service(
     @param with_demo: whether this process runs the demo backend (a worker's parent does).
     @param stop: stops the process (C{reactor.stop}); given, SIGTERM drains, SIGINT stops and
         SIGHUP reloads. Tests that run the tree inside their own reactor leave it out.
+    @param reloadable: whether SIGHUP reloads (a worker's parent reloads by replacing it).
+    @param serve_metrics: whether this process runs C{[metrics] listen} (a worker's parent does).
     """
-    return Gateway(config, reactor, adopted, with_demo, stop)
+    return Gateway(config, reactor, adopted, with_demo, stop, serve_metrics, reloadable)

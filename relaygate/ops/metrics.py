@@ -17,10 +17,11 @@ not go backwards), and a scrape costs no worker any work.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -276,6 +277,21 @@ def prepare_multiprocess_dir(path: str) -> None:
         if name.endswith(".db"):
             os.remove(os.path.join(path, name))
     os.environ[MULTIPROC_ENV] = path
+
+
+def parent_metrics() -> tuple[str, Metrics, CollectorRegistry]:
+    """The parent of workers: a fresh shared directory, exported to the workers it will
+    start, and the parent's own metrics (config reloads) written there too.
+
+    prometheus-client picks its value class when it is first imported, before this process
+    knew it would have workers; the parent switches to the multiprocess one here, as
+    C{values.get_value_class} would have with the variable set.
+    """
+    base = os.environ.get("RUNTIME_DIRECTORY") or None
+    path = tempfile.mkdtemp(prefix="relaygate-metrics-", dir=base)
+    prepare_multiprocess_dir(path)
+    values.ValueClass = values.MultiProcessValue()
+    return path, Metrics(None), scrape_registry(path)
 
 
 def worker_ended(pid: int, path: str) -> None:
