@@ -12,7 +12,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
+from typing_extensions import override
 
 from relaygate.config.errors import ConfigError
 from relaygate.config.load import load
@@ -28,8 +29,10 @@ from relaygate.ops.build import (
 )
 from relaygate.ops.drain import Drain
 from relaygate.ops.lifecycle import SignalHandlers, SwitchFactory
+from relaygate.ops.metered import AccessMetrics, MeteredRouter
 from relaygate.ops.metrics import new_metrics
 from relaygate.ops.sessions import SessionRegistry
+from relaygate.ops.wrapper import OpsFactory
 from relaygate.policy import LimitedFactory, new_limits
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
@@ -153,6 +156,7 @@ class Gateway(MultiService):
         self.drain = Drain(
             self.sessions, reactor, config.server.drain_timeout, self.stop_listening
         )
+        self._access_metrics = AccessMetrics(self.metrics)
         self.listeners: dict[tuple[object, ...], _Listener] = {}
         self._numbers = itertools.count(1)
         if with_demo and config.demo is not None:
@@ -181,7 +185,9 @@ class Gateway(MultiService):
         health = new_health(config, self._reactor, self.metrics)
         health.setServiceParent(services)
         ops = Operations(self.metrics, self.sessions, health, number, self.drain)
-        router = build_router(config, self._reactor, services)
+        router = MeteredRouter(
+            build_router(config, self._reactor, services), self.metrics, self._reactor
+        )
         limits = new_limits(config.limits, self._reactor)
         factories: dict[tuple[object, ...], tuple[ListenConfig, Factory, ServerTLS | None]] = {}
         for listen in config.listen:
@@ -189,6 +195,15 @@ class Gateway(MultiService):
             # share it.
             server_tls = new_server_tls(listen, config)
             factory = FACTORIES[listen.protocol](config, listen, router, self._reactor, server_tls)
+            # Innermost: the front's transport is the session's entry in the registry.
+            factory = OpsFactory(
+                factory,
+                ops,
+                listen.protocol,
+                str(listen.address),
+                config.server.name,
+                implicit_tls=listen.tls == "implicit",
+            )
             if limits is not None:
                 # Above TLS, so a client over a limit reads its refusal; one Limits per process.
                 factory = LimitedFactory(factory, limits, listen.protocol, config.server.name)
@@ -230,6 +245,17 @@ class Gateway(MultiService):
             self._access_log = access_log_service(config, self._reactor)
             if self._access_log is not None:
                 self._access_log.setServiceParent(self)
+
+    @override
+    def startService(self) -> None:
+        globalLogPublisher.addObserver(self._access_metrics)
+        super().startService()
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        globalLogPublisher.removeObserver(self._access_metrics)
+        stopped: Deferred[None] = super().stopService()
+        return stopped
 
     @property
     def ops(self) -> Operations:

@@ -704,7 +704,10 @@ class ConfigTests(SynchronousTestCase):
             ]
         )
         gateway = build_service(config, cast(IGatewayReactor, MemoryReactorClock()))
-        imap, pop3 = (item.switch.wrapped_factory for item in gateway.listeners.values())
+        imap, pop3 = (
+            cast(Any, item.switch.wrapped_factory).wrapped_factory
+            for item in gateway.listeners.values()
+        )
         assert isinstance(imap, IMAPFrontFactory) and isinstance(pop3, POP3FrontFactory)
         self.assertEqual(imap.settings.tls_mode, "starttls")
         self.assertEqual(pop3.settings.tls_mode, "implicit")

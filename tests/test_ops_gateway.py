@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.config.load import load
 from relaygate.ops.lifecycle import SignalHandlers, SwitchFactory
+from relaygate.ops.wrapper import OpsFactory
 from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
 from relaygate.smtp.front import SMTPFrontFactory
@@ -64,7 +65,9 @@ class GatewayTests(SynchronousTestCase):
 
     def front(self, index: int = 0) -> SMTPFrontFactory:
         listener = list(self.gateway.listeners.values())[index]
-        factory = listener.switch.wrapped_factory
+        wrapper = listener.switch.wrapped_factory
+        assert isinstance(wrapper, OpsFactory)
+        factory = wrapper.wrapped_factory
         assert isinstance(factory, SMTPFrontFactory)
         return factory
 

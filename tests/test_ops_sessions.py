@@ -105,6 +105,7 @@ class SessionRegistryTests(SynchronousTestCase):
         """A session without a login is not closed by a user match."""
         open_session(self.registry)
         self.assertEqual(self.registry.close(user=None, session_id=None), 0)
+        self.assertEqual(self.registry.close(user="", session_id=""), 0)
 
     def test_when_empty(self) -> None:
         """when_empty fires at once with no session, else when the last one ends."""

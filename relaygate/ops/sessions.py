@@ -153,12 +153,12 @@ class SessionRegistry:
         self._empty_waiters = [item for item in self._empty_waiters if item[1] is not waiter]
 
     def matching(self, user: str | None, session_id: str | None) -> list[LiveSession]:
-        """The sessions whose user is C{user} or whose id is C{session_id}."""
+        """The sessions whose user is C{user} or whose id is C{session_id} (an empty one
+        matches nothing: sessions before login have no user)."""
         return [
             s
             for s in self._sessions.values()
-            if (user is not None and s.user == user)
-            or (session_id is not None and s.id == session_id)
+            if (user and s.user == user) or (session_id and s.id == session_id)
         ]
 
     def close(self, user: str | None, session_id: str | None, reason: str = KICK) -> int:
