@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.ops.drain import Drain, DrainResult
+from relaygate.ops.drain import CUT_GRACE, Drain, DrainResult
 from relaygate.ops.sessions import KICK, SHUTDOWN, LiveSession, SessionRegistry
 
 
@@ -210,6 +210,18 @@ class DrainTests(SynchronousTestCase):
         for d in (first, second, now):
             self.assertEqual(self.successResultOf(d), DrainResult(0, 1, 0.0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cut_session_gets_time_to_say_goodbye(self) -> None:
+        """A cut session that is slow to close gets CUT_GRACE seconds before the drain ends."""
+        hooks = FakeHooks()
+        session = self.registry.open("smtp", "c", "l", hooks)
+        hooks.close = lambda reason: hooks.closed.append(reason)  # type: ignore[method-assign]
+        done = self.drain.stop_now()
+        self.assertEqual(hooks.closed, [SHUTDOWN])
+        self.assertNoResult(done)
+        self.clock.advance(CUT_GRACE)
+        self.assertEqual(self.successResultOf(done).cut, 1)
+        session.end()
 
     def test_stop_now_without_start(self) -> None:
         """SIGINT before any SIGTERM still stops the listeners and closes everything."""

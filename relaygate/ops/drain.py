@@ -21,6 +21,9 @@ from twisted.python.failure import Failure
 
 from relaygate.ops.sessions import SHUTDOWN, SessionRegistry
 
+CUT_GRACE = 2.0
+"""Seconds the closed sessions get to send their goodbye before the drain is over."""
+
 
 @dataclass(frozen=True)
 class DrainResult:
@@ -51,6 +54,7 @@ class Drain:
         self._timeout = timeout
         self._stop_accepting = stop_accepting
         self._started = False
+        self._cutting = False
         self._result: DrainResult | None = None
         self._waiters: list[Deferred[DrainResult]] = []
         self._timer: IDelayedCall | None = None
@@ -107,15 +111,20 @@ class Drain:
         self._cut_remaining()
 
     def _cut_remaining(self) -> None:
-        if self._result is not None:
+        if self._result is not None or self._cutting:
             return
+        self._cutting = True
         if self._empty is not None and not self._empty.called:
             # The sessions closed below end the registry's wait; they count as cut, not finished.
             self._empty.cancel()
         remaining = list(self._sessions)
         for session in remaining:
             session.hooks.close(SHUTDOWN)
-        self._finish(cut=len(remaining))
+        # Their goodbyes are written but not yet sent: stopping the reactor now would drop
+        # them. Wait (briefly) for the connections to close.
+        closed = self._sessions.when_empty()
+        closed.addTimeout(CUT_GRACE, self._clock)
+        closed.addBoth(lambda _: self._finish(cut=len(remaining)))
 
     def _finish(self, cut: int) -> None:
         if self._result is not None:

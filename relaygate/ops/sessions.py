@@ -66,7 +66,16 @@ class LiveSession:
     ended: bool = field(default=False, init=False)
 
     def as_json(self) -> dict[str, Any]:
-        """The fields C{GET /sessions} shows for this session."""
+        """The fields C{GET /sessions} shows for this session.
+
+        What only the front knows (user, backend, state) is asked of it now, through its
+        hooks' optional C{facts()}, rather than reported on every change.
+        """
+        facts = getattr(self.hooks, "facts", None)
+        if facts is not None:
+            for key, value in facts().items():
+                if value and key in ("user", "backend", "state"):
+                    setattr(self, key, value)
         return {
             "id": self.id,
             "protocol": self.protocol,

@@ -5,7 +5,8 @@ transport is an L{OpsConnection}. The wrapper registers the session (client, lis
 protocol), counts its bytes both ways (an integer addition per read or write), counts sessions
 and client TLS handshakes in the metrics, and carries the session's close and drain hooks. A
 front adds what only it knows — user, backend, state, and protocol-aware drain — through
-L{session_for}, or by defining C{ops_close(reason)} / C{ops_drain()}.
+C{ops_facts()} (asked when the sessions view is read), C{ops_close(reason)} and
+C{ops_drain()}.
 
 Without a front's own C{ops_close}, a close writes the protocol's own goodbye
 (C{421 4.7.0}/C{421 4.3.2}, C{* BYE}, C{-ERR}) and closes. Without C{ops_drain}, draining
@@ -135,6 +136,12 @@ class OpsConnection(TransportWrapper):
             return
         self.write(goodbye(self._factory.protocol_name, reason, self._factory.server_name))
         self.loseConnection()
+
+    def facts(self) -> dict[str, str]:
+        """The front's own view of user, backend and state (C{ops_facts}), when it has one."""
+        hook = getattr(self.wrapped, "ops_facts", None)
+        facts: dict[str, str] = hook() if hook is not None else {}
+        return facts
 
     def drain(self) -> None:
         """Let the front finish what is in progress (a front without the hook runs on)."""

@@ -248,6 +248,7 @@ class SMTPFront(smtp.ESMTP):
         self._helo_arg: bytes | None = None
         self._extended = False
         self._tx: _Transaction | None = None
+        self._draining = False
         self._backend: BackendClient | None = None
         self._backend_route: tuple[HostPort, ...] | None = None
         self._backend_tls_mode = ""
@@ -346,6 +347,36 @@ class SMTPFront(smtp.ESMTP):
     def _reply_and_close(self, reply: Reply) -> None:
         self.send_reply(reply)
         self._close()
+
+    # -- operations (docs/operations.md) --------------------------------------------------
+
+    def ops_facts(self) -> dict[str, str]:
+        """What the sessions view shows of this session beyond its bytes."""
+        backend = self._backend.info.address if self._backend is not None else ""
+        facts = {"user": self.session.user, "backend": backend}
+        if self._body is not None:
+            facts["state"] = "data"
+        return facts
+
+    def ops_drain(self) -> None:
+        """SIGTERM: an idle session gets 421 now; one in a transaction finishes it first and
+        gets the 421 at its next command (L{state_COMMAND})."""
+        self._draining = True
+        if self._tx is None:
+            self._shut_down()
+
+    def ops_close(self, reason: str) -> None:
+        """An administrator's kick (C{kick}), or the drain's deadline: 421 and close."""
+        if reason != "kick":
+            self._shut_down()
+            return
+        self.session.end = "closed by the administrator"
+        text = b"4.7.0 " + self.host + b" Session closed by the administrator"
+        self._reply_and_close(Reply(421, (text,)))
+
+    def _shut_down(self) -> None:
+        self.session.end = "shutting down"
+        self._reply_and_close(Reply(421, (b"4.3.2 " + self.host + b" Service shutting down",)))
 
     # -- TLS ----------------------------------------------------------------------------
 
@@ -500,6 +531,9 @@ class SMTPFront(smtp.ESMTP):
 
     @override
     def state_COMMAND(self, line: bytes) -> None:
+        if self._draining and self._tx is None:
+            self._shut_down()
+            return
         if self._certificate_problem is not None:
             self._refuse_certificate(self._certificate_problem)
             return

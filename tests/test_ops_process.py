@@ -1,0 +1,298 @@
+"""A real ``twistd relaygate`` process: drain on SIGTERM, reload on SIGHUP, metrics, kick.
+
+Each test starts the gateway as its own process on port 0 and learns its ports from its log;
+backends are scripted servers in the test's reactor. Every wait is for a line the process
+printed, a reply on a socket, or the process's end: nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any
+
+import treq
+from twisted.internet import reactor as _global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from typing_extensions import override
+
+from relaygate.ops.probe import ProbeReader
+from tests.peers import ScriptedBackend, start_backend
+
+reactor: Any = _global_reactor
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+# A bound on waiting for a line or an exit: a test that would wait longer has failed.
+WAIT = 30.0
+
+
+class Gateway(ProcessProtocol):
+    """A ``twistd -n relaygate`` child: its output, lines to wait for, and its end."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self._waiting: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]], int]] = []
+        self.ended: Deferred[int] = Deferred()
+        self.exit_code: int | None = None
+
+    def wait_for(self, pattern: bytes, after: int = 0) -> Deferred[re.Match[bytes]]:
+        """Fire with the first match of C{pattern} in the output from offset C{after} on."""
+        compiled = re.compile(pattern)
+        waiting: Deferred[re.Match[bytes]] = Deferred()
+        waiting.addTimeout(WAIT, reactor)
+        self._waiting.append((compiled, waiting, after))
+        self._check()
+        return waiting
+
+    def _check(self) -> None:
+        for item in list(self._waiting):
+            compiled, waiting, after = item
+            found = compiled.search(self.output, after)
+            if found is not None:
+                self._waiting.remove(item)
+                if not waiting.called:
+                    waiting.callback(found)
+
+    @override
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        self._check()
+
+    @override
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+        self._check()
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        for _, waiting, _ in self._waiting:
+            if not waiting.called:
+                waiting.errback(RuntimeError(self.output.decode("utf-8", "replace")))
+        self._waiting.clear()
+        self.ended.callback(self.exit_code or 0)
+
+    def signal(self, name: str) -> None:
+        """Send signal C{name} to the process."""
+        assert self.transport is not None
+        self.transport.signalProcess(name)
+
+
+def write_config(case: TestCase, text: str) -> str:
+    """Write C{text} as relaygate.toml in a new directory; its path."""
+    directory = os.path.abspath(case.mktemp())
+    os.makedirs(directory)
+    path = os.path.join(directory, "relaygate.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def smtp_config(backend: ScriptedBackend, extra: str = "", name: str = "gw.test") -> str:
+    return (
+        f'[server]\nname = "{name}"\ndrain_timeout = 20.0\n{extra}\n'
+        '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
+        f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{backend.port}"]\n'
+        "[smtp]\nxclient = false\n"
+    )
+
+
+async def start_gateway(case: TestCase, path: str) -> tuple[Gateway, int]:
+    """Start relaygate on the file at C{path}; the process and its SMTP port."""
+    gateway = Gateway()
+    process = reactor.spawnProcess(
+        gateway,
+        TWISTD,
+        [TWISTD, "-n", "--pidfile=", "--logfile=-", "relaygate", "-c", path],
+        env=dict(os.environ),
+        path=os.path.dirname(path),
+    )
+
+    async def stop() -> None:
+        if not gateway.ended.called:
+            process.signalProcess("KILL")
+        await gateway.ended
+
+    case.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    found = await gateway.wait_for(rb"SwitchFactory starting on (\d+)")
+    return gateway, int(found.group(1))
+
+
+class Client:
+    """An SMTP client that sends lines and reads replies, one line at a time."""
+
+    def __init__(self, reader: ProbeReader) -> None:
+        self.reader = reader
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=WAIT)
+        reader = await endpoint.connect(Factory.forProtocol(ProbeReader))
+        assert isinstance(reader, ProbeReader)
+        return cls(reader)
+
+    async def reply(self) -> bytes:
+        """One whole reply (its last line)."""
+        while True:
+            line = await self.reader.read_line()
+            if line[3:4] != b"-":
+                return line
+
+    async def command(self, line: bytes) -> bytes:
+        self.reader.send(line)
+        return await self.reply()
+
+    def send(self, data: bytes) -> None:
+        assert self.reader.transport is not None
+        self.reader.transport.write(data)
+
+
+class DrainTests(TestCase):
+    """SIGTERM lets a message being sent finish, refuses new connections, and exits."""
+
+    timeout = 120
+
+    async def test_half_sent_message_completes_then_exit(self) -> None:
+        """A message half-sent at SIGTERM is delivered; idle sessions get 421 at once."""
+        backend = await start_backend(self)
+        gateway, port = await start_gateway(self, write_config(self, smtp_config(backend)))
+        busy = await Client.connect(port)
+        self.assertEqual(await busy.reply(), b"220 gw.test ESMTP")
+        await busy.command(b"EHLO client.test")
+        self.assertEqual(await busy.command(b"MAIL FROM:<a@example.net>"), b"250 2.1.0 Ok")
+        self.assertEqual(await busy.command(b"RCPT TO:<b@example.org>"), b"250 2.1.5 Ok")
+        self.assertTrue((await busy.command(b"DATA")).startswith(b"354"))
+        busy.send(b"Subject: drain\r\n\r\nfirst half\r\n")
+        idle = await Client.connect(port)
+        await idle.reply()
+        await idle.command(b"EHLO idle.test")
+
+        mark = len(gateway.output)
+        gateway.signal("TERM")
+        await gateway.wait_for(rb"draining: stopped accepting, 2 session\(s\) open", mark)
+        self.assertEqual(await idle.reply(), b"421 4.3.2 gw.test Service shutting down")
+        with self.assertRaises(ConnectionRefusedError):
+            await Client.connect(port)
+
+        busy.send(b"second half\r\n.\r\n")
+        self.assertEqual(await busy.reply(), b"250 2.0.0 Ok: queued")
+        self.assertEqual(await busy.command(b"NOOP"), b"421 4.3.2 gw.test Service shutting down")
+        self.assertEqual(await gateway.ended, 0)
+        self.assertRegex(
+            gateway.output.decode(), r"drain over after [0-9.]+s: 2 session\(s\) finished, 0 cut"
+        )
+        self.assertEqual(
+            backend.messages, [b"Subject: drain\r\n\r\nfirst half\r\nsecond half\r\n"]
+        )
+
+    async def test_second_sigterm_stops_at_once(self) -> None:
+        """A second SIGTERM cuts the drain short: the session is closed and the process ends."""
+        backend = await start_backend(self)
+        gateway, port = await start_gateway(self, write_config(self, smtp_config(backend)))
+        client = await Client.connect(port)
+        await client.reply()
+        await client.command(b"EHLO c.test")
+        self.assertEqual(await client.command(b"MAIL FROM:<a@example.net>"), b"250 2.1.0 Ok")
+        mark = len(gateway.output)
+        gateway.signal("TERM")
+        await gateway.wait_for(rb"draining:", mark)
+        gateway.signal("TERM")
+        self.assertEqual(await client.reply(), b"421 4.3.2 gw.test Service shutting down")
+        self.assertEqual(await gateway.ended, 0)
+        self.assertIn(b"1 cut", gateway.output)
+
+
+class ReloadTests(TestCase):
+    """SIGHUP re-reads the file; sessions in progress keep their configuration."""
+
+    timeout = 120
+
+    async def test_reload_routes_new_sessions_and_keeps_old(self) -> None:
+        """After a reload new sessions go to the new backend; an old one stays on its own."""
+        first = await start_backend(self)
+        second = await start_backend(self)
+        path = write_config(self, smtp_config(first, name="gw.one"))
+        gateway, port = await start_gateway(self, path)
+        old = await Client.connect(port)
+        self.assertEqual(await old.reply(), b"220 gw.one ESMTP")
+
+        with open(path, "w") as f:
+            f.write(smtp_config(second, name="gw.two"))
+        mark = len(gateway.output)
+        gateway.signal("HUP")
+        await gateway.wait_for(rb"reloaded .* \(generation 2\)", mark)
+
+        new = await Client.connect(port)
+        self.assertEqual(await new.reply(), b"220 gw.two ESMTP")
+        for client, recipient in ((old, b"old@example.org"), (new, b"new@example.org")):
+            await client.command(b"EHLO c.test")
+            await client.command(b"MAIL FROM:<a@example.net>")
+            self.assertEqual(
+                await client.command(b"RCPT TO:<" + recipient + b">"), b"250 2.1.5 Ok"
+            )
+            await client.command(b"DATA")
+            self.assertEqual(await client.command(b"x\r\n."), b"250 2.0.0 Ok: queued")
+            await client.command(b"QUIT")
+        self.assertEqual(
+            [c for c in first.commands if c.startswith(b"RCPT")], [b"RCPT TO:<old@example.org>"]
+        )
+        self.assertEqual(
+            [c for c in second.commands if c.startswith(b"RCPT")], [b"RCPT TO:<new@example.org>"]
+        )
+
+        # An invalid file: logged in the FILE: key: what is wrong form; still serving.
+        with open(path, "w") as f:
+            f.write(smtp_config(second).replace("drain_timeout = 20.0", "drain_timeout = -1"))
+        mark = len(gateway.output)
+        gateway.signal("HUP")
+        await gateway.wait_for(
+            rb"reload failed, keeping the running configuration: .*relaygate.toml: "
+            rb"server.drain_timeout: must be at least 0, got -1",
+            mark,
+        )
+        after = await Client.connect(port)
+        self.assertEqual(await after.reply(), b"220 gw.two ESMTP")
+        await after.command(b"QUIT")
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)
+
+
+class MetricsTests(TestCase):
+    """The metrics listener: a scrape, the sessions view and the kick on a real process."""
+
+    timeout = 120
+
+    async def test_scrape_sessions_and_kick(self) -> None:
+        """/metrics counts the session; /sessions lists it; a kick closes it with 421 4.7.0."""
+        backend = await start_backend(self)
+        extra = '[metrics]\nlisten = "127.0.0.1:0"\n'
+        config = smtp_config(backend).replace("[[listen]]", extra + "[[listen]]", 1)
+        gateway, port = await start_gateway(self, write_config(self, config))
+        found = await gateway.wait_for(rb"Site starting on (\d+)")
+        base = f"http://127.0.0.1:{int(found.group(1))}"
+        client = await Client.connect(port)
+        await client.reply()
+
+        response = await treq.get(base + "/sessions", persistent=False)
+        sessions = json.loads(await response.content())
+        self.assertEqual([(s["protocol"], s["state"]) for s in sessions], [("smtp", "greeting")])
+        response = await treq.get(base + "/metrics", persistent=False)
+        text = await response.text()
+        self.assertIn('relaygate_sessions_total{protocol="smtp"} 1.0', text)
+        self.assertIn('relaygate_sessions_active{protocol="smtp"} 1.0', text)
+
+        response = await treq.post(
+            base + "/sessions/close?id=" + sessions[0]["id"], persistent=False
+        )
+        self.assertEqual(json.loads(await response.content()), {"closed": 1})
+        self.assertEqual(
+            await client.reply(), b"421 4.7.0 gw.test Session closed by the administrator"
+        )
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)
