@@ -1006,6 +1006,15 @@ class LoginFront(Protocol):
         self._restart_idle()
         self.process()
 
+    def ops_facts(self) -> dict[str, str]:
+        """What the sessions view shows of this session beyond its bytes (docs/operations.md)."""
+        states = {FrontState.SPLICED: "spliced", FrontState.WORKING: "login"}
+        return {
+            "user": printable(self._user) if self._user else "",
+            "backend": self._backend_address,
+            "state": states.get(self.state, ""),
+        }
+
     def after_failed_login(self) -> None:
         """Reset protocol state (POP3's USER) so the client can start a new login."""
 

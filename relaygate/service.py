@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -29,7 +30,7 @@ from relaygate.ops.build import (
 )
 from relaygate.ops.drain import Drain
 from relaygate.ops.lifecycle import SignalHandlers, SwitchFactory
-from relaygate.ops.metered import AccessMetrics, MeteredRouter
+from relaygate.ops.metered import AccessMetrics, MeteredReactor, MeteredRouter
 from relaygate.ops.metrics import new_metrics
 from relaygate.ops.sessions import SessionRegistry
 from relaygate.ops.wrapper import OpsFactory
@@ -186,15 +187,19 @@ class Gateway(MultiService):
         health.setServiceParent(services)
         ops = Operations(self.metrics, self.sessions, health, number, self.drain)
         router = MeteredRouter(
-            build_router(config, self._reactor, services), self.metrics, self._reactor
+            build_router(config, self._reactor, services), self.metrics, self._reactor, health
         )
+        # The fronts' backend connections are timed and passively marked (relaygate.ops).
+        fronts_reactor = cast(IGatewayReactor, MeteredReactor(self._reactor, self.metrics, health))
         limits = new_limits(config.limits, self._reactor)
         factories: dict[tuple[object, ...], tuple[ListenConfig, Factory, ServerTLS | None]] = {}
         for listen in config.listen:
             # One ServerTLS per listener: the endpoint (implicit TLS) and the front (STARTTLS)
             # share it.
             server_tls = new_server_tls(listen, config)
-            factory = FACTORIES[listen.protocol](config, listen, router, self._reactor, server_tls)
+            factory = FACTORIES[listen.protocol](
+                config, listen, router, fronts_reactor, server_tls
+            )
             # Innermost: the front's transport is the session's entry in the registry.
             factory = OpsFactory(
                 factory,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError, UserError
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +19,7 @@ from relaygate.addresses import HostPort
 from relaygate.ops.build import Operations
 from relaygate.ops.drain import Drain
 from relaygate.ops.health import Health, HealthSettings
-from relaygate.ops.metered import AccessMetrics, MeteredRouter
+from relaygate.ops.metered import AccessMetrics, MeteredReactor, MeteredRouter
 from relaygate.ops.metrics import Metrics
 from relaygate.ops.sessions import KICK, SessionRegistry
 from relaygate.ops.wrapper import OpsConnection, OpsFactory, goodbye, session_for
@@ -237,3 +239,51 @@ class MeteredTests(SynchronousTestCase):
         self.assertEqual(
             self.value("relaygate_limit_refusals_total", limit="connections_per_address"), 1.0
         )
+
+
+class HealthRoutingTests(SynchronousTestCase):
+    """Failover order and passive marks come from the router and reactor wrappers."""
+
+    a = HostPort("127.0.0.1", 2501)
+    b = HostPort("127.0.0.1", 2502)
+
+    def setUp(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.reactor = MemoryReactorClock()
+        self.health = Health(
+            [], HealthSettings(passive_down=10.0), self.reactor, "x", self.metrics
+        )
+
+    def test_router_orders_backends_by_health(self) -> None:
+        """A backend held down moves out of an accepted route's list."""
+        accept: Deferred[Decision] = succeed(Accept((self.a, self.b)))
+        router = MeteredRouter(FixedRouter(accept), self.metrics, self.reactor, self.health)
+        self.health.mark_failed(self.a)
+        decision = self.successResultOf(router.lookup(AuthRequest("smtp", "127.0.0.1")))
+        assert isinstance(decision, Accept)
+        self.assertEqual(decision.backends, (self.b,))
+
+    def test_reactor_times_and_marks(self) -> None:
+        """A backend connection is timed; a refused one marks its backend down."""
+        metered = MeteredReactor(self.reactor, self.metrics, self.health)
+        inner = ClientFactory.forProtocol(Protocol)
+        metered.connectTCP("127.0.0.1", 2501, inner, 5)
+        host, port, timed, timeout, _ = self.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 2501, 5))
+        self.reactor.advance(0.25)
+        timed.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2501))
+        self.assertEqual(
+            self.registry.get_sample_value("relaygate_backend_connect_duration_seconds_sum"),
+            0.25,
+        )
+        metered.connectTCP("127.0.0.1", 2502, inner, 5)
+        refused = self.reactor.tcpClients[1][2]
+        refused.clientConnectionFailed(cast(Any, None), Failure(ConnectionRefusedError()))
+        self.assertFalse(self.health.is_up(self.b))
+        metered.connectTCP("127.0.0.1", 2501, inner, 5)
+        cancelled = self.reactor.tcpClients[2][2]
+        cancelled.clientConnectionFailed(cast(Any, None), Failure(UserError()))
+        self.assertTrue(self.health.is_up(self.a))
+        self.assertIs(metered.seconds.__self__, metered)  # type: ignore[attr-defined]
+        self.assertEqual(metered.getDelayedCalls(), self.reactor.getDelayedCalls())
