@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -149,6 +150,10 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         self._sockets = [(listen, bind_listener(listen.address)) for listen in self._config.listen]
+        for listen, address in self.addresses():
+            self._log.info(
+                "{protocol} listener on {address}", protocol=listen.protocol, address=str(address)
+            )
         for number in range(self._count):
             self._spawn(number)
 
@@ -252,6 +257,9 @@ class WorkerPool(Service):
         def all_ended(_: object) -> None:
             if killer.active():
                 killer.cancel()
+            if self.metrics_dir is not None:
+                # This run's metric files; the next run starts from an empty directory.
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
         done: Deferred[Any] = DeferredList(waits)
         done.addCallback(all_ended)

@@ -296,3 +296,82 @@ class MetricsTests(TestCase):
         )
         gateway.signal("TERM")
         self.assertEqual(await gateway.ended, 0)
+
+
+class WorkersTests(TestCase):
+    """With workers: one scrape for the group, sessions gathered, a reload refusing nobody."""
+
+    timeout = 180
+
+    async def test_scrape_reload_and_stop(self) -> None:
+        """Counts from both workers reach one scrape; SIGHUP replaces the workers with no
+        refused connection; SIGTERM ends the group."""
+        backend = await start_backend(self)
+        extra = 'workers = 2\n[metrics]\nlisten = "127.0.0.1:0"\n'
+        path = write_config(self, smtp_config(backend, extra=extra))
+        gateway = Gateway()
+        process = reactor.spawnProcess(
+            gateway,
+            TWISTD,
+            [TWISTD, "-n", "--pidfile=", "--logfile=-", "relaygate", "-c", path],
+            env=dict(os.environ),
+            path=os.path.dirname(path),
+        )
+
+        async def stop() -> None:
+            if not gateway.ended.called:
+                process.signalProcess("KILL")
+            await gateway.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        port = int((await gateway.wait_for(rb"smtp listener on 127\.0\.0\.1:(\d+)")).group(1))
+        metrics_port = int((await gateway.wait_for(rb"Site starting on (\d+)")).group(1))
+        base = f"http://127.0.0.1:{metrics_port}"
+        await gateway.wait_for(rb"worker \d+ serving(.|\n)*worker \d+ serving")
+
+        for number in range(4):
+            client = await Client.connect(port)
+            self.assertEqual(await client.reply(), b"220 gw.test ESMTP")
+            await client.command(b"EHLO c.test")
+            await client.command(b"MAIL FROM:<a@example.net>")
+            await client.command(b"RCPT TO:<b@example.org>")
+            await client.command(b"DATA")
+            self.assertEqual(await client.command(b"n%d\r\n." % number), b"250 2.0.0 Ok: queued")
+            await client.command(b"QUIT")
+        held = await Client.connect(port)
+        await held.reply()
+
+        response = await treq.get(base + "/metrics", persistent=False)
+        text = await response.text()
+        self.assertIn('relaygate_transactions_total{outcome="delivered"} 4.0', text)
+        self.assertIn('relaygate_sessions_total{protocol="smtp"} 5.0', text)
+        self.assertIn('relaygate_sessions_active{protocol="smtp"} 1.0', text)
+        response = await treq.get(base + "/sessions", persistent=False)
+        self.assertEqual(len(json.loads(await response.content())), 1)
+
+        mark = len(gateway.output)
+        gateway.signal("HUP")
+        await gateway.wait_for(rb"reloaded .*: 2 new worker\(s\)", mark)
+        # The held session is idle: its old worker drains it with 421 at once.
+        self.assertEqual(await held.reply(), b"421 4.3.2 gw.test Service shutting down")
+        retired = gateway.wait_for(rb"drain over(.|\n)*drain over", mark)
+        refused = 0
+        for _ in range(200):  # bounded: connect through the whole switch-over
+            try:
+                client = await Client.connect(port)
+            except ConnectionRefusedError:
+                refused += 1
+                continue
+            self.assertEqual(await client.reply(), b"220 gw.test ESMTP")
+            await client.command(b"QUIT")
+            if retired.called:
+                break
+        await retired
+        self.assertEqual(refused, 0)
+        response = await treq.get(base + "/metrics", persistent=False)
+        text = await response.text()
+        self.assertIn('relaygate_config_reloads_total{result="success"} 1.0', text)
+        self.assertIn('relaygate_transactions_total{outcome="delivered"} 4.0', text)
+
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)
