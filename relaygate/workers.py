@@ -319,6 +319,16 @@ class WorkerPool(Service):
                 except Exception:  # ended meanwhile; processEnded follows
                     pass
 
+    def pass_on(self, signum: int) -> None:
+        """Send signal number C{signum} to every worker (Twisted's C{signalProcess} knows only
+        a few signals by name)."""
+        for _, transport in [*self.workers.values(), *self.retiring]:
+            if transport.pid is not None:
+                try:
+                    os.kill(transport.pid, signum)
+                except ProcessLookupError:  # ended meanwhile; processEnded follows
+                    pass
+
     def terminate(self) -> None:
         """SIGTERM: stop (each worker drains); a second SIGTERM stops the workers at once."""
         if self.running:
@@ -353,7 +363,13 @@ def pool_service(config: Config, reactor: IParentReactor) -> MultiService:
         assert service is not None
         service.setServiceParent(top)
     pool.setServiceParent(top)
-    SignalHandlers(reactor, pool.terminate, pool.interrupt, pool.reload).setServiceParent(top)
+    SignalHandlers(
+        reactor,
+        pool.terminate,
+        pool.interrupt,
+        pool.reload,
+        on_usr1=lambda: pool.pass_on(signal.SIGUSR1),
+    ).setServiceParent(top)
     return top
 
 
@@ -379,7 +395,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     globalLogBeginner.beginLoggingTo([to_parent], redirectStandardIO=False)
     # The parent reloads by starting new workers; SIGHUP's default action would end this one.
+    # SIGUSR1 reopens the access log ([log] access installs that); otherwise it must not end
+    # the worker either.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     config = load(args.config)
     adopted: dict[str, IStreamServerEndpoint] = {}
     for item in args.fd:
@@ -402,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Requests for the sessions view come from the parent on stdin (relaygate.ops.control).
     # (mypy reads the Windows StandardIO, which has no stdin/stdout arguments.)
     StandardIO(  # type: ignore[call-arg]
-        WorkerControl(service.sessions), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY)
+        WorkerControl(service.sessions, service.terminate),
+        stdin=0,
+        stdout=os.open(os.devnull, os.O_WRONLY),
     )
     Logger(namespace="relaygate.workers").info(
         "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True

@@ -85,3 +85,15 @@ class ControlTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.workers[0].control.lineReceived(b"nonsense")
         self.assertEqual(events[0]["log_format"], "bad control request {line!r}")
+
+
+class ParentGoneTests(SynchronousTestCase):
+    """A worker whose parent is gone stops."""
+
+    def test_stdin_closed_stops_the_worker(self) -> None:
+        """The end of the parent's pipe calls the stop callback once."""
+        stopped: list[bool] = []
+        control = WorkerControl(SessionRegistry(Clock()), lambda: stopped.append(True))
+        with capturedLogs():
+            control.connectionLost()
+        self.assertEqual(stopped, [True])

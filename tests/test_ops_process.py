@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -78,8 +79,8 @@ class Gateway(ProcessProtocol):
         self._waiting.clear()
         self.ended.callback(self.exit_code or 0)
 
-    def signal(self, name: str) -> None:
-        """Send signal C{name} to the process."""
+    def signal(self, name: str | int) -> None:
+        """Send signal C{name} (C{"TERM"} ..., or a number) to the process."""
         assert self.transport is not None
         self.transport.signalProcess(name)
 
@@ -375,3 +376,58 @@ class WorkersTests(TestCase):
 
         gateway.signal("TERM")
         self.assertEqual(await gateway.ended, 0)
+
+
+class AccessLogTests(TestCase):
+    """The JSON access log with workers: each appends; SIGUSR1 to the parent reopens it."""
+
+    timeout = 120
+
+    async def test_workers_append_and_reopen(self) -> None:
+        """Lines before the rotation stay in the moved file; lines after go to a new one."""
+        backend = await start_backend(self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        access = os.path.join(directory, "access.json")
+        extra = f'workers = 2\n[log]\naccess = "{access}"\n'
+        path = write_config(self, smtp_config(backend, extra=extra))
+        gateway = Gateway()
+        process = reactor.spawnProcess(
+            gateway,
+            TWISTD,
+            [TWISTD, "-n", "--pidfile=", "--logfile=-", "relaygate", "-c", path],
+            env=dict(os.environ),
+            path=os.path.dirname(path),
+        )
+
+        async def stop() -> None:
+            if not gateway.ended.called:
+                process.signalProcess("KILL")
+            await gateway.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        port = int((await gateway.wait_for(rb"smtp listener on 127\.0\.0\.1:(\d+)")).group(1))
+        await gateway.wait_for(rb"worker \d+ serving(.|\n)*worker \d+ serving")
+
+        async def one_session(number: int) -> None:
+            mark = len(gateway.output)
+            client = await Client.connect(port)
+            await client.reply()
+            await client.command(b"QUIT")
+            await gateway.wait_for(rb"smtp session \S+ from .* closed", mark)
+
+        await one_session(1)
+        os.rename(access, access + ".1")
+        mark = len(gateway.output)
+        gateway.signal(signal.SIGUSR1)
+        await gateway.wait_for(rb"reopened the access log(.|\n)*reopened the access log", mark)
+        await one_session(2)
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)
+        with open(access + ".1") as f:
+            before = [json.loads(line) for line in f]
+        with open(access) as f:
+            after = [json.loads(line) for line in f]
+        self.assertEqual([e["kind"] for e in before], ["smtp.session"])
+        self.assertEqual([e["kind"] for e in after], ["smtp.session"])
+        self.assertEqual(after[0]["end"], "quit")

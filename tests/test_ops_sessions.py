@@ -166,7 +166,7 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(self.stopped, 1)
         self.assertEqual(
             [e["log_format"].split(":")[0] for e in events],
-            ["draining", "drain over after {duration"],
+            ["draining", "drain over after {duration}s"],
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 

@@ -89,6 +89,8 @@ class AccessLog:
 class AccessLogService(Service):
     """Adds the L{AccessLog} to the log publisher and reopens it on SIGUSR1."""
 
+    _log = Logger()
+
     def __init__(
         self, path: str, reactor: Any, publisher: LogPublisher = globalLogPublisher
     ) -> None:
@@ -108,11 +110,15 @@ class AccessLogService(Service):
     def _on_signal(self, signum: int, frame: object) -> None:
         # Signal handlers run between bytecodes; do the file work in the reactor's turn.
         self._reactor.callFromThread(self.reopen)
+        if callable(self._previous):
+            # twistd rotates its own log file on SIGUSR1 when it writes one: keep doing that.
+            self._previous(signum, frame)
 
     def reopen(self) -> None:
         """Reopen the file (what SIGUSR1 does)."""
         if self.access_log is not None:
             self.access_log.reopen()
+            self._log.info("reopened the access log {path}", path=self._path)
 
     @override
     def stopService(self) -> None:

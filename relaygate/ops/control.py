@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 from typing_extensions import override
 
 from relaygate.ops.sessions import KICK, SessionRegistry
@@ -35,8 +37,19 @@ class WorkerControl(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = 65536
 
-    def __init__(self, sessions: SessionRegistry) -> None:
+    def __init__(
+        self, sessions: SessionRegistry, parent_gone: Callable[[], object] | None = None
+    ) -> None:
         self._sessions = sessions
+        self._parent_gone = parent_gone
+
+    @override
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        # Our stdin is the parent's pipe: its end means the parent is gone (even SIGKILLed),
+        # and a worker must not serve on alone. Drain and stop, as on SIGTERM.
+        if self._parent_gone is not None:
+            _reply_log.warn("the parent process is gone; stopping")
+            self._parent_gone()
 
     @override
     def lineReceived(self, line: bytes) -> None:

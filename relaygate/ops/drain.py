@@ -139,10 +139,10 @@ class Drain:
             finished=max(self._open_at_start - cut, 0), cut=cut, duration=duration
         )
         self._log.info(
-            "drain over after {duration:.3f}s: {finished} session(s) finished, {cut} cut",
+            "drain over after {duration}s: {finished} session(s) finished, {cut} cut",
             finished=result.finished,
             cut=result.cut,
-            duration=duration,
+            duration=round(duration, 3),
         )
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:

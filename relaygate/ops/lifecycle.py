@@ -1,4 +1,5 @@
-"""The process's life: SIGTERM drains, SIGINT or a second SIGTERM stops, SIGHUP reloads.
+"""The process's life: SIGTERM drains, SIGINT or a second SIGTERM stops, SIGHUP reloads
+(and, in the parent of workers, SIGUSR1 is passed on so each reopens its access log).
 
 L{SwitchFactory} lets a listening port keep its socket while a reload swaps the front factory
 behind it, so no connection is refused and every session keeps the factory (and so the
@@ -68,6 +69,7 @@ class SignalHandlers(Service):
         on_int: Callable[[], object],
         on_hup: Callable[[], object] | None,
         install: Callable[[int, Any], Any] = signal.signal,
+        on_usr1: Callable[[], object] | None = None,
     ) -> None:
         self._reactor = reactor
         self._handlers: dict[int, Callable[[], object]] = {
@@ -76,6 +78,8 @@ class SignalHandlers(Service):
         }
         if on_hup is not None:
             self._handlers[signal.SIGHUP] = on_hup
+        if on_usr1 is not None:
+            self._handlers[signal.SIGUSR1] = on_usr1
         self._install = install
         self._previous: dict[int, Any] = {}
 
@@ -93,6 +97,10 @@ class SignalHandlers(Service):
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Leave the signal handler at once; the work runs in the reactor's next turn.
         self._reactor.callFromThread(self._dispatch, signum)
+        previous = self._previous.get(signum)
+        if signum == signal.SIGUSR1 and callable(previous):
+            # twistd rotates its own log file on SIGUSR1: keep doing that.
+            previous(signum, frame)
 
     def _dispatch(self, signum: int) -> None:
         try:
