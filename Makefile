@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: run test check lint typecheck trial system-deps clean
+.PHONY: run test check lint typecheck trial system-deps clean chaos fuzz
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,21 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## The fault-injection soak (docs/reliability.md): make chaos SEED=7 MESSAGES=2000 CONCURRENCY=20
+SEED ?=
+MESSAGES ?= 2000
+CONCURRENCY ?= 20
+DURATION ?= 600
+MAX_SIZE ?= 1048576
+FUZZ_SECONDS ?= 60
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED)) --messages $(MESSAGES) \
+		--concurrency $(CONCURRENCY) --duration $(DURATION) --max-size $(MAX_SIZE)
+
+## The fuzz run (docs/reliability.md): make fuzz SEED=7 FUZZ_SECONDS=300
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py $(if $(SEED),--seed $(SEED)) --seconds $(FUZZ_SECONDS)
 
 system-deps:
 	scripts/install-system-deps

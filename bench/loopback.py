@@ -5,7 +5,10 @@ Imported by the scripts in this directory (Python puts a script's own directory 
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 import time
 
 
@@ -44,3 +47,23 @@ def reset_peak(pid: int) -> None:
     """Reset PID's VmHWM to its current RSS (Linux 4.0+: write 5 to clear_refs)."""
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """Bytes written to SOCK that the peer has not yet acknowledged (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def unread_bytes(local_port: int, remote_port: int) -> int:
+    """The receive queue of the 127.0.0.1 TCP socket LOCAL_PORT <-> REMOTE_PORT (/proc/net/tcp).
+
+    What the kernel holds that the socket's owner has not read yet.
+    """
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
+            if int(local, 16) == local_port and int(remote, 16) == remote_port:
+                return int(fields[4].split(":")[1], 16)
+    raise LookupError(f"no socket 127.0.0.1:{local_port} <-> {remote_port}")

@@ -34,6 +34,10 @@ AUTH_FAILURES: Final = "auth_failures"
 # The most events kept per address and kind: enough for any sane limit, and bounded memory
 # whatever a client does.
 _MAX_EVENTS: Final = 10000
+# The most early bytes kept for the front while the store decides. Reading is paused while it
+# decides, so only what arrived with the connection (one read, at most 64 KiB) is held; a
+# transport that reads on regardless is cut off here, not buffered without end.
+MAX_HELD: Final = 65536
 
 
 class LimitStore(Protocol):
@@ -190,15 +194,31 @@ class LimitedConnection(TransportWrapper):
         self._address = ""
         self._admitted = False
         self._held = b""
+        self._paused = False
         self.limits = factory.limits
 
     @override
     def connectionMade(self) -> None:
         self._address = str(getattr(self.getPeer(), "host", ""))
+        # A networked store may take a while: read nothing more until it has decided, so a
+        # client cannot make us hold its bytes without bound (the front applies its own
+        # limits only once it exists).
+        self._paused = True
+        self._stream().pauseProducing()
         deciding = Deferred.fromCoroutine(self._factory.limits.admit(self._address))
         deciding.addCallbacks(self._decided, self._failed)
 
+    def _stream(self) -> Any:
+        """The real transport, a TCP or TLS one: a producer that can be aborted."""
+        assert self.transport is not None
+        return self.transport
+
     def _decided(self, why: bytes | None) -> None:
+        if self._paused and self.transport is not None and not self.disconnecting:
+            # Resumed before the front is connected, so a front that pauses the transport
+            # itself (for the held bytes) keeps it paused.
+            self._paused = False
+            self._stream().resumeProducing()
         if self.transport is None or self.disconnecting:
             if why is None:
                 self._factory.limits.release(self._address)
@@ -231,7 +251,20 @@ class LimitedConnection(TransportWrapper):
         if self.wrapped is not None:
             self.wrapped.dataReceived(data)
         elif not self._admitted:
-            # A networked store is still deciding: keep what the client says for the front.
+            # A networked store is still deciding: keep what the client says for the front,
+            # up to a bound (reading is paused, so only a transport that ignores it gets here).
+            if self.disconnecting:
+                return
+            if len(self._held) + len(data) > MAX_HELD:
+                self._log.info(
+                    "closing {client}: over {limit} bytes before the limits decided",
+                    client=self._address,
+                    limit=MAX_HELD,
+                )
+                self._held = b""
+                self.disconnecting = True
+                self._stream().abortConnection()
+                return
             self._held += data
 
     @override

@@ -153,6 +153,10 @@ def _parse_v1(data: bytes) -> tuple[ProxyHeader, bytes] | None:
             parsed = ipaddress.ip_address(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             raise HeaderError("v1 header with an invalid address") from None
+        if isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id is not None:
+            # ipaddress accepts "fe80::1%anything"; a scope names an interface of the
+            # proxy's host, not a client, and its text would reach Client-IP and XCLIENT.
+            raise HeaderError("v1 header with a scoped IPv6 address")
         if parsed.version != version:
             raise HeaderError("v1 header whose address does not match its family")
         hosts.append(str(parsed))

@@ -23,6 +23,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -162,8 +163,12 @@ class WorkerPool(Service):
         for _, transport in [*self.workers.values(), *self.retiring]:
             try:
                 transport.signalProcess(name)
-            except Exception:  # ended meanwhile; processEnded follows
+            except ProcessExitedAlready:  # ended meanwhile; processEnded follows
                 pass
+            except Exception:
+                # Anything else is a bug (a bad signal name, say): say so, and still
+                # signal the other workers.
+                self._log.failure("could not signal worker with {signal}", signal=name)
 
     def addresses(self) -> list[tuple[ListenConfig, HostPort]]:
         """Each listener with the address it is bound to (port 0 resolved)."""

@@ -3,7 +3,7 @@ backends connected through a L{MemoryReactorClock} whose replies the test writes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from relaygate.addresses import HostPort
 from relaygate.config.load import parse
 from relaygate.listeners import new_server_tls
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Decision
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 
@@ -74,7 +75,11 @@ class FrontHarness:
         loaded = parse(config or make_config(), "test.toml")
         server_tls = new_server_tls(loaded.listen[0], loaded)
         factory = SMTPFrontFactory(
-            loaded, loaded.listen[0], self.router, self.reactor, server_tls=server_tls
+            loaded,
+            loaded.listen[0],
+            self.router,
+            cast(IGatewayReactor, self.reactor),
+            server_tls=server_tls,
         )
         peer = IPv4Address("TCP", client_ip, 40000)
         self.front: SMTPFront = factory.buildProtocol(peer)

@@ -24,18 +24,11 @@ KNOWN_OVERSIZE: Final[frozenset[str]] = frozenset(
         # Being restructured in parallel; empty this set once they are split.
         "relaygate.login",
         "relaygate.routing.http",
-        "relaygate.smtp.front",
     }
 )
 """Modules allowed over L{MAX_LINES} for now."""
 
-KNOWN_CYCLES: Final[frozenset[frozenset[str]]] = frozenset(
-    {
-        # Being restructured in parallel; empty this set once the front no longer has its
-        # private attributes reached into.
-        frozenset({"relaygate.smtp.front", "relaygate.smtp.submission"}),
-    }
-)
+KNOWN_CYCLES: Final[frozenset[frozenset[str]]] = frozenset()
 """Import cycles (as the set of modules in one strongly connected component) allowed for now."""
 
 LEAVES: Final = ("relaygate.addresses", "relaygate.reactor", "relaygate.smtp.replies")

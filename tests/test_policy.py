@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.config.limits import LimitsConfig
 from relaygate.policy import (
+    MAX_HELD,
     LimitedConnection,
     LimitedFactory,
     Limits,
@@ -22,6 +23,34 @@ from relaygate.policy import (
     new_limits,
     refusal,
 )
+
+
+class _SlowStore(MemoryLimitStore):
+    """A store that answers C{open_connection} only when the test fires its Deferred."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.pending: list[Deferred[int]] = []
+
+    def open_connection(self, address: str) -> Deferred[int]:
+        super().open_connection(address)  # counted at once (a fired Deferred), decided later
+        deciding: Deferred[int] = Deferred()
+        self.pending.append(deciding)
+        return deciding
+
+
+class _Recorder(Protocol):
+    """A front that records what it was given."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+class _RecordingFronts(Factory):
+    protocol = _Recorder
 
 
 class _Greeter(Protocol):
@@ -128,6 +157,53 @@ class LimitedFactoryTests(SynchronousTestCase):
         """Without any [limits] key there is nothing to wrap with."""
         self.assertIsNone(new_limits(LimitsConfig(), Clock()))
         self.assertIsNotNone(new_limits(LimitsConfig(connections_per_minute=1), Clock()))
+
+
+class SlowStoreTests(SynchronousTestCase):
+    """A store that takes its time (a networked one): the early bytes stay bounded."""
+
+    def setUp(self) -> None:
+        self.store = _SlowStore(Clock())
+        limits = Limits(LimitsConfig(connections_per_address=1), self.store)
+        self.factory = LimitedFactory(_RecordingFronts(), limits, "smtp", "gw.test")
+        peer = IPv4Address("TCP", "192.0.2.1", 40000)
+        self.wrapper = self.factory.buildProtocol(peer)
+        self.transport = StringTransport(peerAddress=peer)
+        self.wrapper.makeConnection(self.transport)
+
+    def test_reading_paused_while_the_store_decides(self) -> None:
+        """No more is read while the store decides; then the front gets the held bytes."""
+        self.assertEqual(self.transport.producerState, "paused")
+        self.wrapper.dataReceived(b"EHLO client\r\n")
+        self.assertIsNone(self.wrapper.wrapped)
+        self.store.pending[0].callback(1)
+        self.assertEqual(self.transport.producerState, "producing")
+        front = self.wrapper.wrapped
+        assert isinstance(front, _Recorder)
+        self.assertEqual(front.received, [b"EHLO client\r\n"])
+
+    def test_refused_connection_resumed_and_closed(self) -> None:
+        """A refusal is written and the connection closed; nothing is left paused."""
+        self.store.pending[0].callback(2)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual(
+            self.transport.value(),
+            b"421 4.7.0 gw.test Error: too many connections from your address\r\n",
+        )
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_early_bytes_past_the_bound_close_the_connection(self) -> None:
+        """A transport that reads on regardless is aborted past L{MAX_HELD}, not buffered."""
+        self.wrapper.dataReceived(b"x" * MAX_HELD)
+        self.assertFalse(self.transport.disconnecting)
+        self.wrapper.dataReceived(b"x")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.wrapper._held, b"")
+        self.wrapper.dataReceived(b"y" * 10)
+        self.assertEqual(self.wrapper._held, b"")
+        self.store.pending[0].callback(1)
+        self.assertIsNone(self.wrapper.wrapped)
+        self.assertEqual(self.store.open_counts(), {})
 
 
 class MemoryStoreTests(SynchronousTestCase):

@@ -89,6 +89,7 @@ class ParseTests(SynchronousTestCase):
             b"EHLO client\r\n",
             b"PROXY TCP4 999.0.0.1 127.0.0.1 1 2\r\n",
             b"PROXY TCP4 ::1 127.0.0.1 1 2\r\n",
+            b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
             b"PROXY TCP4 192.0.2.1 127.0.0.1 1 65536\r\n",
             b"PROXY TCP4 192.0.2.1 127.0.0.1 01 2\r\n",
             b"PROXY TCP4 192.0.2.1 127.0.0.1 1\r\n",

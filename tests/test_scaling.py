@@ -20,10 +20,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
-from tests.peers import start_backend
+from tests.peers import peer_missing, start_backend
 
 HAPROXY = shutil.which("haproxy", path=os.environ.get("PATH", "") + ":/usr/sbin")
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -113,7 +113,7 @@ def start_haproxy(case: TestCase, servers: list[tuple[str, int]]) -> int:
     connect at once: connections queue until HAProxy accepts them.
     """
     if HAPROXY is None:
-        raise SkipTest("haproxy is not installed")
+        peer_missing("haproxy", "haproxy")
     directory = os.path.abspath(case.mktemp())
     os.makedirs(directory)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

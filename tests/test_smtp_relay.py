@@ -12,7 +12,9 @@ import dataclasses
 import hashlib
 import os
 import smtplib
+import socket
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -944,3 +946,162 @@ class DemoConfigTests(TestCase):
         [name] = os.listdir(os.path.join(directory, "new"))
         with open(os.path.join(directory, "new", name), "rb") as f:
             self.assertEqual(f.read(), MESSAGE_LF)
+
+
+_FLOOD_LIMIT = 8 * 1024 * 1024
+_SMALL_BUFFER = 65536
+
+
+def _flood_without_reading(port: int, line: bytes) -> tuple[int, int, bytes]:
+    """Send C{line} over and over without reading, until the gateway stops taking it (a send
+    makes no progress for 2 s) or C{_FLOOD_LIMIT} octets went; then read every reply owed.
+
+    Runs in a thread. Returns the octets sent before the gateway stopped reading, the number
+    of replies received, and the last reply line.
+    """
+    stream = line * (_FLOOD_LIMIT // len(line) + 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Small buffers on the client side, so that the kernel holds little of the flood.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SMALL_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SMALL_BUFFER)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        received = b""
+        while b"\r\n" not in received:
+            received += sock.recv(4096)
+        sock.settimeout(2)
+        sent = 0
+        while sent < _FLOOD_LIMIT:
+            try:
+                sent += sock.send(stream[sent : sent + 16384])
+            except TimeoutError:
+                break
+        flooded = sent
+        # Finish the line cut off by the last send, then say QUIT; read every reply meanwhile.
+        sock.settimeout(30)
+        rest = stream[sent : sent + (-sent) % len(line)] + b"QUIT\r\n"
+        owed = -(-sent // len(line)) + 1
+        finals = 0
+        last = b""
+        buffer = received[received.index(b"\r\n") + 2 :]
+        while finals < owed:
+            if rest:
+                sock.setblocking(False)
+                try:
+                    rest = rest[sock.send(rest) :]
+                except BlockingIOError:
+                    pass
+                sock.settimeout(30)
+            chunk = sock.recv(262144)
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\r\n")
+            for reply_line in lines:
+                if reply_line[3:4] == b" ":
+                    finals += 1
+                    last = reply_line
+    return flooded, finals, last
+
+
+class ReplyBacklogTests(TestCase):
+    """A client that does not read its replies is not read (issue #11, defect 1)."""
+
+    async def test_client_that_never_reads_is_not_read(self) -> None:
+        """The gateway stops reading a client that pipelines EHLO without reading the replies,
+        then answers every command once the client reads."""
+        relay = await start_relay(self, config_text(route("*", dead_port(self))))
+        [(_, port)] = relay.reactor.listening
+        listening: Any = port
+        # Accepted sockets inherit these from the listening socket: little kernel buffering.
+        listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SMALL_BUFFER)
+        listening.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SMALL_BUFFER)
+        line = b"EHLO client.test\r\n"
+        flooded, finals, last = await deferToThread(_flood_without_reading, relay.port, line)
+        # Kernel buffers, one read and the transport's bound: well under 2 MiB, not the 8 MiB
+        # (and the ~45 MiB of replies) a gateway that never stops reading takes.
+        self.assertLess(flooded, 2 * 1024 * 1024)
+        self.assertEqual(finals, -(-flooded // len(line)) + 1)
+        self.assertEqual(last, b"221 2.0.0 gw.test Bye")
+
+
+def _half_close_session(port: int, steps: list[bytes], last: bytes) -> tuple[list[bytes], bytes]:
+    """Run in a thread: greet, send each of C{steps} and read its reply, then write C{last},
+    shut down the sending side (SHUT_WR) and read until the gateway closes.
+
+    Returns the replies to the steps and every byte received after the half-close.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        buffer = b""
+        replies: list[bytes] = []
+        for step in [b"", *steps]:
+            sock.sendall(step)
+            reply = b""
+            while not reply:
+                while b"\r\n" not in buffer:
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed early after {replies!r}"
+                    buffer += chunk
+                line, buffer = buffer.split(b"\r\n", 1)
+                if line[3:4] == b" ":
+                    reply = line
+            replies.append(reply)
+        sock.sendall(last)
+        sock.shutdown(socket.SHUT_WR)
+        received = buffer
+        while chunk := sock.recv(65536):
+            received += chunk
+    return replies[1:], received
+
+
+class HalfCloseTests(TestCase):
+    """A client that half-closes gets every reply it is owed (issue #11, defect 5), also
+    through the limits wrapper (L{relaygate.wrapping})."""
+
+    async def start(self) -> tuple[ScriptedBackend, Relay]:
+        backend = await start_backend(self)
+        config = config_text(route("*", backend.port), "[limits]\nconnections_per_address = 5")
+        return backend, await start_relay(self, config)
+
+    async def test_body_dot_quit_then_shutdown(self) -> None:
+        """Body, dot and QUIT in one write, then SHUT_WR: the 250, the 221, one delivery."""
+        backend, relay = await self.start()
+        replies, received = await deferToThread(
+            _half_close_session,
+            relay.port,
+            [
+                b"EHLO client.test\r\n",
+                b"MAIL FROM:<alice@client.test>\r\n",
+                b"RCPT TO:<bob@x.example>\r\n",
+                b"DATA\r\n",
+            ],
+            stuff(MESSAGE) + b".\r\nQUIT\r\n",
+        )
+        self.assertEqual(
+            replies,
+            [
+                b"250 ENHANCEDSTATUSCODES",
+                b"250 2.1.0 Ok",
+                b"250 2.1.5 Ok",
+                b"354 End data with <CR><LF>.<CR><LF>",
+            ],
+        )
+        self.assertEqual(received, b"250 2.0.0 Ok: queued\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertEqual(backend.messages, [stuff(MESSAGE)])
+
+    async def test_mail_rcpt_quit_then_shutdown(self) -> None:
+        """MAIL, RCPT and QUIT in one write, then SHUT_WR: every reply, then the close."""
+        backend, relay = await self.start()
+        replies, received = await deferToThread(
+            _half_close_session,
+            relay.port,
+            [b"EHLO client.test\r\n"],
+            b"MAIL FROM:<alice@client.test>\r\nRCPT TO:<bob@x.example>\r\nQUIT\r\n",
+        )
+        self.assertEqual(replies, [b"250 ENHANCEDSTATUSCODES"])
+        self.assertEqual(received, b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n221 2.0.0 gw.test Bye\r\n")
+        self.assertEqual(
+            commands_of(backend),
+            [b"EHLO gw.test", b"MAIL FROM:<alice@client.test>", b"RCPT TO:<bob@x.example>"],
+        )
+        self.assertEqual(backend.messages, [])

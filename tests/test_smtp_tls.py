@@ -29,18 +29,19 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, LogEvent, capturedLogs, globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
 
 from relaygate.config.load import parse
 from relaygate.config.tls import TLSConfig
 from relaygate.listeners import new_server_tls
+from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.backend import BackendClient
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 from relaygate.tls.server import ServerTLS
 from tests.authservice import ok_to, start_auth_service
 from tests.certs import PKI, Issued, issue, make_pki
-from tests.peers import run_swaks, start_relay
+from tests.peers import peer_missing, run_swaks, start_relay
 from tests.smtp_harness import FakeRouter
 
 reactor: Any = _global_reactor
@@ -87,7 +88,11 @@ class TLSFront:
         loaded = parse(config, os.path.join(os.getcwd(), "test.toml"))
         server_tls = new_server_tls(loaded.listen[0], loaded)
         self.factory = SMTPFrontFactory(
-            loaded, loaded.listen[0], self.router, self.reactor, server_tls=server_tls
+            loaded,
+            loaded.listen[0],
+            self.router,
+            cast(IGatewayReactor, self.reactor),
+            server_tls=server_tls,
         )
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.front: SMTPFront = self.factory.buildProtocol(peer)
@@ -529,7 +534,7 @@ class FrontTLSIntegrationTests(IntegrationCase):
             "--from", "a@client.test", "--to", "b@example.org",
         )  # fmt: skip
         if "requires Net::SSLeay" in result.out + result.err:
-            raise SkipTest("swaks --tls needs Net::SSLeay (Debian: libnet-ssleay-perl)")
+            peer_missing("swaks --tls's Net::SSLeay", "libnet-ssleay-perl")
         self.assertEqual(result.code, 0, result.out + result.err)
         self.assertIn("<-  220 2.0.0 Ready to start TLS", result.out)
         self.assertIn("<~  250 2.0.0 Ok: queued", result.out)

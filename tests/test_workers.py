@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.addresses import HostPort
@@ -43,6 +43,49 @@ def send_one(port: int, recipient: str) -> dict[str, tuple[int, bytes]]:
     """Send one message through the gateway with smtplib (run in a thread)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         return client.sendmail("a@example.net", [recipient], b"Subject: w\r\n\r\nbody\r\n")
+
+
+class _Transport:
+    """A worker's process transport whose C{signalProcess} raises C{error}."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.signalled = 0
+
+    def signalProcess(self, name: str) -> None:  # noqa: N802 (IProcessTransport's name)
+        self.signalled += 1
+        raise self.error
+
+
+class SignalTests(SynchronousTestCase):
+    """L{WorkerPool.signal_all} ignores only a worker that has already exited."""
+
+    def pool_with(self, *errors: Exception) -> tuple[WorkerPool, list[_Transport]]:
+        pool = WorkerPool(cast(Any, None), 1, cast(IParentReactor, reactor))
+        transports = [_Transport(error) for error in errors]
+        for number, transport in enumerate(transports):
+            pool.workers[number] = (cast(Any, None), transport)
+        return pool, transports
+
+    def test_exited_worker_is_skipped_quietly(self) -> None:
+        """A worker that ended meanwhile is no error: nothing is logged."""
+        pool, transports = self.pool_with(ProcessExitedAlready(), ProcessExitedAlready())
+        with capturedLogs() as events:
+            pool.signal_all("HUP")
+        self.assertEqual([t.signalled for t in transports], [1, 1])
+        self.assertEqual(events, [])
+
+    def test_other_error_is_logged_as_failure(self) -> None:
+        """Any other error is logged with its traceback, and the next worker still signalled."""
+        pool, transports = self.pool_with(ValueError("bad signal"), ProcessExitedAlready())
+        with capturedLogs() as events:
+            pool.signal_all("NOPE")
+        self.assertEqual([t.signalled for t in transports], [1, 1])
+        self.assertEqual(len(events), 1)
+        self.assertEqual(events[0]["log_level"], LogLevel.critical)
+        self.assertEqual(events[0]["signal"], "NOPE")
+        self.assertIsInstance(events[0]["log_failure"].value, ValueError)
+        self.flushLoggedErrors(ValueError)
 
 
 class WorkerPoolTests(TestCase):

@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.threads import deferToThread
 from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
 from tests.authservice import AuthService, start_auth_service
@@ -28,6 +28,7 @@ from tests.peers import (
     RawClient,
     ScriptedBackend,
     dead_port,
+    peer_missing,
     reactor,
     run_swaks,
     smtplib_client,
@@ -319,7 +320,7 @@ def start_haproxy(case: TestCase, relay_port: int, send_proxy: str) -> int:
     so connections queue from the start: nothing waits for HAProxy to come up.
     """
     if HAPROXY is None:
-        raise SkipTest("haproxy is not installed")
+        peer_missing("haproxy", "haproxy")
     directory = os.path.abspath(case.mktemp())
     os.makedirs(directory)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -1,5 +1,5 @@
-"""Unit tests for SMTP submission at the front (L{relaygate.smtp.submission}): AUTH exchanges,
-the router's answers, what the backend learns, the greeting delay, outbound PROXY."""
+"""Unit tests for SMTP submission (L{relaygate.smtp.submission}): AUTH exchanges,
+the router's answers and what the backend learns, through the front and on its own."""
 
 from __future__ import annotations
 
@@ -10,12 +10,35 @@ import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.proxy_protocol import parse_header
+from relaygate.addresses import HostPort
+from relaygate.config.load import parse
 from relaygate.routing.router import Accept, ClientTLS, Decision, Refuse, RouterUnavailable
-from relaygate.smtp.sasl import SASLExchange, parse_auth_command
-from tests.smtp_harness import BACKEND, BackendEnd, FrontHarness, make_config
+from relaygate.smtp.replies import R_LINE_TOO_LONG, Reply
+from relaygate.smtp.sasl import (
+    R_AUTH_CANCELLED,
+    R_AUTH_IN_TRANSACTION,
+    R_AUTH_NEED_EHLO,
+    R_AUTH_OK,
+    R_AUTH_TOO_LONG,
+    Credentials,
+    SASLExchange,
+    parse_auth_command,
+)
+from relaygate.smtp.session_facts import ClientFacts
+from relaygate.smtp.settings import SMTPSettings
+from relaygate.smtp.submission import (
+    Answer,
+    Authenticate,
+    BackendLoginRefused,
+    Close,
+    Login,
+    Mistake,
+    Submission,
+)
+from tests.smtp_harness import BACKEND, BackendEnd, FakeRouter, FrontHarness, make_config
 
 
 def b64(data: bytes) -> bytes:
@@ -79,7 +102,7 @@ class AdvertisingTests(SynchronousTestCase):
         config = submission_config(auth=["external"], extensions=[])
         config["tls"] = {"verify_client": "optional"}
         h = FrontHarness(_with_client_ca(self, config))
-        h.front._client_tls = ClientTLS("TLSv1.3", "TLS_AES_128_GCM_SHA256", "SUCCESS")
+        h.front._facts.tls = ClientTLS("TLSv1.3", "TLS_AES_128_GCM_SHA256", "SUCCESS")
         h.replies()
         h.send(b"EHLO client.test\r\n")
         self.assertEqual(h.replies(), b"250-gw.test\r\n250 AUTH EXTERNAL\r\n")
@@ -406,58 +429,6 @@ class BackendLoginTests(SynchronousTestCase):
         )
 
 
-class GreetingDelayTests(SynchronousTestCase):
-    """[smtp] greeting_delay and early talkers."""
-
-    def test_greeting_after_delay(self) -> None:
-        """The 220 waits greeting_delay seconds."""
-        h = FrontHarness(make_config(greeting_delay=2.0))
-        self.assertEqual(h.replies(), b"")
-        h.reactor.advance(2.0)
-        self.assertEqual(h.replies(), b"220 gw.test ESMTP\r\n")
-        h.send(b"NOOP\r\n")
-        self.assertEqual(h.replies(), b"250 2.0.0 Ok\r\n")
-
-    def test_early_talker_refused(self) -> None:
-        """A client that talks before the greeting gets 554 5.5.0 and is closed."""
-        h = FrontHarness(make_config(greeting_delay=2.0))
-        h.send(b"EHLO spam\r\n")
-        self.assertEqual(
-            h.replies(), b"554 5.5.0 Error: improper use of SMTP command pipelining\r\n"
-        )
-        self.assertTrue(h.client.disconnecting)
-        self.assertEqual(h.front.session.end, "talked before the greeting")
-        h.reactor.advance(5)
-        self.assertEqual(h.replies(), b"")
-
-
-class OutboundProxyTests(SynchronousTestCase):
-    """backend_proxy_protocol: the backend reads a PROXY header first."""
-
-    def test_v2_header_first(self) -> None:
-        """With v2, the first bytes on the backend connection are the client's PROXY header."""
-        h = FrontHarness(make_config(backend_proxy_protocol="v2"), client_ip="192.0.2.9")
-        h.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
-        backend = h.connect_backend(greeting=b"")
-        parsed = parse_header(backend.received())
-        assert parsed is not None
-        header, rest = parsed
-        assert header.source is not None and header.destination is not None
-        self.assertEqual((header.source.host, header.source.port), ("192.0.2.9", 40000))
-        self.assertEqual((header.destination.host, header.destination.port), ("127.0.0.1", 2525))
-        self.assertEqual(rest, b"")
-        backend.reply(b"220 backend\r\n")
-        self.assertEqual(backend.received(), b"EHLO gw.test\r\n")
-
-    def test_route_overrides(self) -> None:
-        """A [[route]]'s backend_proxy_protocol wins over [smtp]'s."""
-        h = FrontHarness(make_config(backend_proxy_protocol="v2"))
-        h.router.answer = Accept((BACKEND,), backend_proxy_protocol="v1")
-        h.send(b"EHLO client.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n")
-        backend = h.connect_backend(greeting=b"")
-        self.assertEqual(backend.received(), b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 2525\r\n")
-
-
 class SASLTests(SynchronousTestCase):
     """The exchange machine and command parser on their own."""
 
@@ -480,3 +451,120 @@ class SASLTests(SynchronousTestCase):
         exchange = SASLExchange("external")
         step = exchange.first(b"=")
         self.assertEqual(getattr(step, "user", None), b"")
+
+
+def logic(**smtp: Any) -> tuple[Submission, Clock]:
+    """A L{Submission} on its own, with C{smtp} overrides of the submission config."""
+    loaded = parse(submission_config(**smtp), "test.toml")
+    clock = Clock()
+    return Submission(SMTPSettings.from_config(loaded, loaded.listen[0], None), clock), clock
+
+
+def ehlo_facts() -> ClientFacts:
+    """The facts of a client that said EHLO over plaintext."""
+    return ClientFacts(
+        ip="192.0.2.1", port=40000, label="192.0.2.1:40000", helo=b"c.test", extended=True
+    )
+
+
+class SubmissionLogicTests(SynchronousTestCase):
+    """L{Submission} without a front or a transport: facts in, what to do out."""
+
+    def test_auth_needs_ehlo(self) -> None:
+        """AUTH before EHLO (or after HELO) is a client mistake."""
+        submission, _ = logic()
+        facts = ehlo_facts()
+        facts.extended = False
+        self.assertEqual(
+            submission.auth_command(b"PLAIN " + PLAIN, facts, False), Mistake(R_AUTH_NEED_EHLO)
+        )
+
+    def test_auth_inside_a_transaction(self) -> None:
+        """AUTH after MAIL is refused with 503."""
+        submission, _ = logic()
+        self.assertEqual(
+            submission.auth_command(b"PLAIN " + PLAIN, ehlo_facts(), True),
+            Mistake(R_AUTH_IN_TRANSACTION),
+        )
+
+    def test_plain_initial_response_gives_credentials(self) -> None:
+        """PLAIN with an initial response ends the exchange at once with the credentials."""
+        submission, _ = logic()
+        outcome = submission.auth_command(b"PLAIN " + PLAIN, ehlo_facts(), False)
+        self.assertEqual(
+            outcome, Authenticate(Credentials("plain", b"alice@example.org", b"s3cret"))
+        )
+        self.assertFalse(submission.in_exchange)
+
+    def test_login_exchange(self) -> None:
+        """LOGIN asks twice (334), and a cancel ends the exchange with 501."""
+        submission, _ = logic()
+        outcome = submission.auth_command(b"LOGIN", ehlo_facts(), False)
+        self.assertEqual(outcome, Answer(Reply(334, (b"VXNlcm5hbWU6",))))
+        self.assertTrue(submission.in_exchange)
+        self.assertEqual(submission.auth_response(b"*"), Answer(R_AUTH_CANCELLED))
+        self.assertFalse(submission.in_exchange)
+
+    def test_line_too_long_ends_the_exchange(self) -> None:
+        """An over-long line inside an exchange ends it, with its own reply."""
+        submission, _ = logic()
+        submission.auth_command(b"LOGIN", ehlo_facts(), False)
+        self.assertEqual(submission.line_too_long(), R_AUTH_TOO_LONG)
+        self.assertFalse(submission.in_exchange)
+        self.assertEqual(submission.line_too_long(), R_LINE_TOO_LONG)
+
+    def test_authenticate_accepted(self) -> None:
+        """An accepted login is remembered and answered 235, naming the user to record."""
+        submission, _ = logic()
+        router = FakeRouter()
+        credentials = Credentials("plain", b"alice@example.org", b"s3cret")
+        outcome = self.successResultOf(
+            Deferred.fromCoroutine(
+                submission.authenticate(credentials, ehlo_facts(), router, None)
+            )
+        )
+        self.assertEqual(outcome, Answer(R_AUTH_OK, user="alice@example.org"))
+        assert submission.login is not None
+        self.assertEqual(submission.login.backend_user, b"alice@example.org")
+        self.assertFalse(submission.needs_auth())
+        [request] = router.requests
+        self.assertEqual(
+            (request.client_ip, request.helo, request.attempt), ("192.0.2.1", b"c.test", 1)
+        )
+
+    def test_authenticate_refused_until_the_limit(self) -> None:
+        """Refusals are answered; the max_auth_attempts-th one ends the session."""
+        submission, _ = logic(max_auth_attempts=2)
+        router = FakeRouter()
+        router.answer = Refuse("No")
+        credentials = Credentials("plain", b"alice", b"wrong")
+
+        def attempt() -> Answer | Close:
+            return self.successResultOf(
+                Deferred.fromCoroutine(
+                    submission.authenticate(credentials, ehlo_facts(), router, None)
+                )
+            )
+
+        no = Reply(535, (b"5.7.8 No",))
+        self.assertEqual(attempt(), Answer(no))
+        self.assertEqual(attempt(), Close(no, "too many failed logins"))
+        self.assertIsNone(submission.login)
+
+    def test_backend_login_checks(self) -> None:
+        """backend_auth = "plain" needs AUTH at the backend; "xclient" needs XCLIENT LOGIN."""
+        submission, _ = logic(backend_auth="plain")
+        address = HostPort("127.0.0.1", 2500)
+        self.assertIsNone(submission.backend_plain_login({b"AUTH": b"PLAIN"}, address))
+        submission.login = Login(Credentials("plain", b"alice", b"pw"), Accept((BACKEND,)))
+        self.assertEqual(
+            submission.backend_plain_login({b"AUTH": b"PLAIN"}, address), (b"alice", b"pw")
+        )
+        self.assertRaises(BackendLoginRefused, submission.backend_plain_login, {}, address)
+        xclient, _ = logic(backend_auth="xclient", xclient=True)
+        xclient.login = submission.login
+        self.assertEqual(xclient.xclient_attributes(), [(b"LOGIN", b"alice")])
+        xclient.check_backend_login({b"XCLIENT": b"ADDR LOGIN"}, address)
+        self.assertRaises(
+            BackendLoginRefused, xclient.check_backend_login, {b"XCLIENT": b"ADDR"}, address
+        )

@@ -1,0 +1,317 @@
+"""The SMTP front's backend leg: route a recipient, connect with failover, secure and greet
+the backend, tell it who the client is.
+
+The front calls L{BackendLeg.route_recipient} for each RCPT; the first accepted recipient of
+a transaction opens (or reuses) the backend connection for its route: connect with failover
+(L{connect_backend}), EHLO, STARTTLS per C{backend_tls} (verified, with a 4xx instead of any
+plaintext fallback), XCLIENT, and the login the submission side asks for. Then MAIL and RCPT
+go to the backend, pipelined when it offers PIPELINING.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from relaygate.addresses import HostPort
+from relaygate.proxy_protocol import encode_header
+from relaygate.reactor import IGatewayReactor
+from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
+from relaygate.smtp.backend import (
+    BackendClient,
+    BackendError,
+    BackendTLSError,
+    BackendTLSNotOffered,
+    connect_backend,
+)
+from relaygate.smtp.replies import (
+    R_AUTH_SERVICE,
+    R_BACKEND_DOWN,
+    R_BACKEND_LOST,
+    R_BACKEND_NO_TLS,
+    R_BACKEND_TLS,
+    R_OK,
+    R_OTHER_BACKEND,
+    Reply,
+)
+from relaygate.smtp.sasl import R_BACKEND_LOGIN, backend_plain
+from relaygate.smtp.session_facts import ClientFacts, Transaction
+from relaygate.smtp.settings import SMTPSettings
+from relaygate.smtp.submission import BackendLoginRefused, Submission
+from relaygate.smtp.xclient import R_XCLIENT_TOO_LONG, XClientTooLong, xclient_commands
+from relaygate.tls.client import backend_tls_creator
+
+
+def backend_tls_for(settings: SMTPSettings, backend: HostPort) -> IOpenSSLClientConnectionCreator:
+    """The verifying TLS creator for C{backend}: its host is the name (or IP) checked."""
+    return backend_tls_creator(
+        backend.host, settings.backend_ca, settings.backend_certificate, settings.backend_key
+    )
+
+
+class BackendLeg:
+    """One session's connection to its backend, reused across its transactions."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        settings: SMTPSettings,
+        router: Router,
+        reactor: IGatewayReactor,
+        facts: ClientFacts,
+        submission: Submission,
+    ) -> None:
+        self._settings = settings
+        self._router = router
+        self._reactor = reactor
+        self._facts = facts
+        self._submission = submission
+        self.backend: BackendClient | None = None
+        self._route: tuple[HostPort, ...] | None = None
+        self._tls_mode = ""
+        self._proxy_protocol = "none"
+
+    def drop(self) -> None:
+        """Leave the current backend connection (politely if it is idle)."""
+        backend, self.backend = self.backend, None
+        self._route = None
+        if backend is not None:
+            backend.close()
+
+    async def route_recipient(
+        self, tx: Transaction, line: bytes, path: bytes, params: bytes
+    ) -> Reply:
+        """Ask the router about one recipient and relay MAIL (first time) and RCPT."""
+        if tx.broken is not None:
+            return tx.broken
+        facts = self._facts
+        request = AuthRequest(
+            protocol="smtp",
+            client_ip=facts.ip,
+            client_port=facts.port,
+            method="none",
+            client_host="[UNAVAILABLE]",
+            helo=facts.helo or b"",
+            mail_from=tx.mail_line,
+            rcpt_to=line,
+            recipient=path[1:-1],
+            tls=facts.tls,
+            proxy=facts.proxy,
+        )
+        try:
+            # After AUTH, the login's routing decision serves every transaction (as in nginx).
+            login = self._submission.login
+            decision = login.decision if login is not None else await self._router.lookup(request)
+        except RouterUnavailable as e:
+            self._log.warn(
+                "router unavailable for {client}: {error}", client=facts.label, error=str(e)
+            )
+            return R_AUTH_SERVICE
+        if isinstance(decision, Refuse):
+            if decision.wait:
+                await deferLater(self._reactor, decision.wait)
+            return _refusal(decision)
+        assert isinstance(decision, Accept)
+        if tx.route is not None and decision.backends != tx.route:
+            return R_OTHER_BACKEND
+        rcpt_command = b"RCPT TO:" + path + (b" " + params if params else b"")
+        try:
+            if tx.backend_mail is None:
+                mode = decision.backend_tls or self._settings.backend_tls
+                self._proxy_protocol = (
+                    decision.backend_proxy_protocol or self._settings.backend_proxy_protocol
+                )
+                backend = await self.backend_for(decision.backends, mode)
+                tx.route = decision.backends
+                tx.record.backend = backend.info.address
+                tx.record.backend_tls = backend.info.tls
+                mail_command = b"MAIL FROM:" + tx.sender + (b" " + tx.params if tx.params else b"")
+                if b"PIPELINING" in backend.extensions:
+                    mail_reply, rcpt_reply = backend.commands([mail_command, rcpt_command])
+                    try:
+                        tx.backend_mail = await mail_reply
+                    except BaseException:
+                        # The RCPT's reply is never awaited now: the MAIL failed (so will it),
+                        # or the client left and the wait was cancelled (the backend may still
+                        # drop it). Consume it, or it is logged as an unhandled error.
+                        rcpt_reply.addErrback(lambda _: None)
+                        raise
+                    reply = await rcpt_reply
+                else:
+                    tx.backend_mail = await backend.command(mail_command)
+                    if not tx.backend_mail.ok:
+                        return tx.backend_mail
+                    reply = await backend.command(rcpt_command)
+                return reply if tx.backend_mail.ok else tx.backend_mail
+            if not tx.backend_mail.ok:
+                return tx.backend_mail
+            assert self.backend is not None
+            return await self.backend.command(rcpt_command)
+        except XClientTooLong as e:
+            # Nothing was sent: a cut login would name someone else (XCLIENT in docs/smtp.md).
+            self._log.warn(
+                "cannot tell the backend {client}'s login: {error}",
+                client=facts.label,
+                error=str(e),
+            )
+            self.drop()
+            return R_XCLIENT_TOO_LONG
+        except BackendLoginRefused as e:
+            self._log.warn(
+                "backend login failed for {client}: {error}", client=facts.label, error=str(e)
+            )
+            self.drop()
+            return R_BACKEND_LOGIN
+        except BackendTLSError as e:
+            self._log.warn(
+                "backend TLS failed for {client}: {error}", client=facts.label, error=str(e)
+            )
+            self.drop()
+            return R_BACKEND_NO_TLS if isinstance(e, BackendTLSNotOffered) else R_BACKEND_TLS
+        except BackendError as e:
+            self._log.warn(
+                "backend failed for {client}: {error}", client=facts.label, error=str(e)
+            )
+            self.drop()
+            if tx.route is not None:
+                tx.broken = R_BACKEND_LOST
+                return R_BACKEND_LOST
+            return R_BACKEND_DOWN
+
+    async def backend_for(self, route: tuple[HostPort, ...], tls_mode: str) -> BackendClient:
+        """The open backend connection for C{route}, or a new one: TLS, then XCLIENT.
+
+        @param tls_mode: C{backend_tls} for this route (C{none}, C{opportunistic},
+            C{required} or C{implicit}).
+        @raise BackendTLSError: TLS was required (or offered) and could not be set up.
+        """
+        if (
+            self.backend is not None
+            and self.backend.is_open
+            and self._route == route
+            and self._tls_mode == tls_mode
+        ):
+            return self.backend
+        self.drop()
+        settings = self._settings
+        backend, address = await connect_backend(
+            self._reactor,
+            route,
+            settings.name,
+            settings.connect_timeout,
+            settings.backend_timeout,
+            implicit_tls=self._tls_creator if tls_mode == "implicit" else None,
+            preamble=self._proxy_preamble(),
+        )
+        self.backend, self._route = backend, route
+        self._tls_mode = tls_mode
+        await self._hello(backend)
+        if tls_mode in ("opportunistic", "required"):
+            await self._secure(backend, address, tls_mode)
+        self._submission.check_backend_login(backend.extensions, address)
+        if settings.xclient and b"XCLIENT" in backend.extensions:
+            commands = xclient_commands(
+                backend.extensions[b"XCLIENT"] or b"", self.xclient_attributes()
+            )
+            for command in commands:
+                # Each XCLIENT resets the backend's session: it greets again and wants EHLO.
+                reply = await backend.command(command)
+                if reply.code != 220:
+                    self._log.error(
+                        "backend {backend} refused XCLIENT: {reply}",
+                        backend=str(address),
+                        reply=reply.summary(),
+                    )
+                    raise BackendError(f"XCLIENT refused: {reply.summary()}")
+                await self._hello(backend)
+        await self._log_in(backend, address)
+        return backend
+
+    def _tls_creator(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
+        return backend_tls_for(self._settings, backend)
+
+    def _proxy_preamble(self) -> bytes:
+        """The PROXY header for a new backend connection (C{backend_proxy_protocol}), or b""."""
+        version = self._proxy_protocol
+        if version not in ("v1", "v2"):
+            return b""
+        facts = self._facts
+        return encode_header(version, (facts.ip, facts.port), (facts.local_ip, facts.local_port))
+
+    async def _secure(self, backend: BackendClient, address: HostPort, mode: str) -> None:
+        """STARTTLS to the backend, verified, then EHLO again (RFC 3207 section 4.2).
+
+        C{required}: no STARTTLS offered, a refusal or a failed handshake raise
+        L{BackendTLSError}, before anything but EHLO was sent. C{opportunistic}: a backend
+        that does not offer STARTTLS (or refuses it) is used in plaintext, but one whose
+        handshake fails is not: that connection is gone, and a retry in plaintext is what an
+        attacker breaking handshakes would want.
+        """
+        if b"STARTTLS" not in backend.extensions:
+            if mode == "required":
+                raise BackendTLSNotOffered(f"{address} does not offer STARTTLS")
+            return
+        reply = await backend.start_tls(self._tls_creator(address))
+        if reply.code != 220:
+            if mode == "required":
+                raise BackendTLSNotOffered(f"{address} refused STARTTLS: {reply.summary()}")
+            return
+        await backend.handshake()
+        await self._hello(backend)
+
+    async def _hello(self, backend: BackendClient) -> None:
+        name = self._settings.name
+        reply = await backend.command(b"EHLO " + name)
+        if reply.code == 250:
+            backend.parse_extensions(reply)
+            return
+        reply = await backend.command(b"HELO " + name)
+        if not reply.ok:
+            raise BackendError(f"HELO refused: {reply.summary()}")
+        backend.extensions = {}
+
+    def xclient_attributes(self) -> list[tuple[bytes, bytes]]:
+        """What the backend learns about the client through XCLIENT (Postfix's names)."""
+        facts = self._facts
+        address = f"IPV6:{facts.ip}" if ":" in facts.ip else facts.ip
+        return [
+            (b"ADDR", address.encode("ascii")),
+            (b"PORT", str(facts.port).encode("ascii")),
+            (b"NAME", b"[UNAVAILABLE]"),
+            (b"PROTO", b"ESMTP" if facts.extended else b"SMTP"),
+            (b"HELO", facts.helo or b""),
+            *self._submission.xclient_attributes(),
+        ]
+
+    async def _log_in(self, backend: BackendClient, address: HostPort) -> None:
+        """C{backend_auth = "plain"}: log in at the backend as the router said.
+
+        @raise BackendLoginRefused: no password to log in with, no AUTH offered, or not 235.
+        """
+        credentials = self._submission.backend_plain_login(backend.extensions, address)
+        if credentials is None:
+            return
+        reply = await backend.command(backend_plain(*credentials))
+        if reply.code != 235:
+            raise BackendLoginRefused(f"{address} refused the login: {reply.summary()}")
+
+    async def relay_rset(self, backend: BackendClient) -> Reply:
+        """RSET at the backend (the client reset a transaction the backend knows of)."""
+        try:
+            return await backend.command(b"RSET")
+        except BackendError:
+            self.drop()
+            return R_OK
+
+
+def _refusal(decision: Refuse) -> Reply:
+    """The client's reply for a router's refusal: C{550 5.7.1 <message>} unless it names a code."""
+    text = decision.message.encode("utf-8", "replace")
+    code_text = decision.smtp_code.strip()
+    code, _, enhanced = code_text.partition(" ")
+    if not (len(code) == 3 and code.isdigit() and code[0] in "45"):
+        code, enhanced = "550", "5.7.1"
+    prefix = (enhanced.strip() + " ").encode("ascii", "replace") if enhanced.strip() else b""
+    return Reply(int(code), (prefix + text,))
