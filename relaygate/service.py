@@ -17,6 +17,7 @@ from twisted.logger import Logger, globalLogPublisher
 from typing_extensions import override
 
 from relaygate.config.errors import ConfigError
+from relaygate.config.limits import LimitsConfig
 from relaygate.config.load import load
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
@@ -34,7 +35,7 @@ from relaygate.ops.metered import AccessMetrics, MeteredReactor, MeteredRouter
 from relaygate.ops.metrics import new_metrics
 from relaygate.ops.sessions import SessionRegistry
 from relaygate.ops.wrapper import OpsFactory
-from relaygate.policy import LimitedFactory, new_limits
+from relaygate.policy import LimitedFactory, Limits, new_limits
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
 from relaygate.tls.server import ServerTLS
@@ -159,6 +160,7 @@ class Gateway(MultiService):
         )
         self._access_metrics = AccessMetrics(self.metrics)
         self.listeners: dict[tuple[object, ...], _Listener] = {}
+        self._limits: tuple[LimitsConfig, Limits | None] | None = None
         self._numbers = itertools.count(1)
         if with_demo and config.demo is not None:
             from relaygate.demo import demo_service
@@ -191,7 +193,10 @@ class Gateway(MultiService):
         )
         # The fronts' backend connections are timed and passively marked (relaygate.ops).
         fronts_reactor = cast(IGatewayReactor, MeteredReactor(self._reactor, self.metrics, health))
-        limits = new_limits(config.limits, self._reactor)
+        # A reload that keeps [limits] keeps their counts (a reload must not reset them).
+        if self._limits is None or self._limits[0] != config.limits:
+            self._limits = (config.limits, new_limits(config.limits, self._reactor))
+        limits = self._limits[1]
         factories: dict[tuple[object, ...], tuple[ListenConfig, Factory, ServerTLS | None]] = {}
         for listen in config.listen:
             # One ServerTLS per listener: the endpoint (implicit TLS) and the front (STARTTLS)
@@ -328,6 +333,7 @@ class Gateway(MultiService):
         for key in [k for k in self.listeners if k not in new.factories]:
             self.listeners.pop(key).service.disownServiceParent()
         self.generation = new
+        self.drain.set_timeout(new.config.server.drain_timeout)
         self._set_process_services(new.config, old.config)
         old.ops.health.stopService()
         kept = (

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaygate.config.load import load
 from relaygate.ops.lifecycle import SignalHandlers, SwitchFactory
 from relaygate.ops.wrapper import OpsFactory
+from relaygate.policy import LimitedFactory
 from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
 from relaygate.smtp.front import SMTPFrontFactory
@@ -99,6 +100,27 @@ class GatewayTests(SynchronousTestCase):
         self.assertEqual(len(self.gateway.listeners), 1)
         (kept,) = self.gateway.listeners.values()
         self.assertIs(kept.service.factory, kept.switch)
+
+    def test_reload_keeps_limit_counts_and_takes_drain_timeout(self) -> None:
+        """Unchanged [limits] keep their store; a new drain_timeout applies to a later drain."""
+        limited = BASE + "[limits]\nconnections_per_address = 5\n"
+        self.write(limited)
+        self.gateway.reload()
+        before = self.front_limits()
+        self.write(limited.replace("drain_timeout = 10.0", "drain_timeout = 3.0"))
+        self.gateway.reload()
+        self.assertIs(self.front_limits(), before)
+        hooks = FakeHooks()
+        hooks.session = self.gateway.sessions.open("smtp", "c", "l", hooks)
+        self.gateway.terminate()
+        self.reactor.advance(3.0)
+        self.assertEqual(hooks.closed, ["shutdown"])
+
+    def front_limits(self) -> object:
+        (listener,) = self.gateway.listeners.values()
+        limited = listener.switch.wrapped_factory
+        assert isinstance(limited, LimitedFactory)
+        return limited.limits
 
     def test_invalid_reload_keeps_running(self) -> None:
         """An invalid file is logged as FILE: key: what is wrong and counted; nothing changes."""

@@ -19,7 +19,8 @@ from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
@@ -431,3 +432,42 @@ class AccessLogTests(TestCase):
         self.assertEqual([e["kind"] for e in before], ["smtp.session"])
         self.assertEqual([e["kind"] for e in after], ["smtp.session"])
         self.assertEqual(after[0]["end"], "quit")
+
+
+class HealthTests(TestCase):
+    """Health checks in a real process: a backend that never greets is taken out."""
+
+    timeout = 120
+
+    async def test_silent_backend_skipped_by_failover(self) -> None:
+        """Once the probes find the first backend down, mail goes to the second at once."""
+        silent = Factory.forProtocol(Protocol)
+        silent_port: IListeningPort = reactor.listenTCP(0, silent, interface="127.0.0.1")
+        self.addCleanup(silent_port.stopListening)
+        dead = silent_port.getHost().port  # type: ignore[attr-defined]
+        backend = await start_backend(self)
+        config = (
+            '[server]\nname = "gw.test"\n'
+            "[health]\ninterval = 0.5\ntimeout = 0.3\nfall = 1\nrise = 1\n"
+            '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
+            f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{dead}", '
+            f'"127.0.0.1:{backend.port}"]\n'
+            "[smtp]\nxclient = false\n"
+        )
+        gateway, port = await start_gateway(self, write_config(self, config))
+        await gateway.wait_for(
+            rb"backend 127\.0\.0\.1:%d is down after 1 failed probe\(s\): no answer within 0\.3s"
+            % dead
+        )
+        client = await Client.connect(port)
+        await client.reply()
+        await client.command(b"EHLO c.test")
+        await client.command(b"MAIL FROM:<a@example.net>")
+        self.assertEqual(await client.command(b"RCPT TO:<b@example.org>"), b"250 2.1.5 Ok")
+        await client.command(b"DATA")
+        self.assertEqual(await client.command(b"x\r\n."), b"250 2.0.0 Ok: queued")
+        await client.command(b"QUIT")
+        self.assertEqual(backend.messages, [b"x\r\n"])
+        self.assertNotIn(b"unavailable", gateway.output)
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)

@@ -62,6 +62,10 @@ class Drain:
         self._started_at = 0.0
         self._open_at_start = 0
 
+    def set_timeout(self, timeout: float) -> None:
+        """Use C{timeout} for a drain that starts later (a reload changed drain_timeout)."""
+        self._timeout = timeout
+
     @property
     def draining(self) -> bool:
         """True once L{start} was called: fronts refuse new work from then on."""
