@@ -38,6 +38,7 @@ from relaygate.ops.wrapper import OpsFactory
 from relaygate.policy import LimitedFactory, Limits, new_limits
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
+from relaygate.tls.errors import CertificateError
 from relaygate.tls.server import ServerTLS
 
 FactoryMaker = Callable[[Config, ListenConfig, Router, IGatewayReactor, ServerTLS | None], Factory]
@@ -303,7 +304,7 @@ class Gateway(MultiService):
         try:
             config = load(path)
             new = self._build(config)
-        except ConfigError as e:
+        except (ConfigError, CertificateError) as e:
             self._log.error(
                 "reload failed, keeping the running configuration: {error}", error=str(e)
             )

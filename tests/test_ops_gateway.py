@@ -18,6 +18,7 @@ from relaygate.policy import LimitedFactory
 from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
 from relaygate.smtp.front import SMTPFrontFactory
+from tests.certs import make_pki
 from tests.test_ops_sessions import FakeHooks
 
 BASE = """
@@ -115,6 +116,25 @@ class GatewayTests(SynchronousTestCase):
         self.gateway.terminate()
         self.reactor.advance(3.0)
         self.assertEqual(hooks.closed, ["shutdown"])
+
+    def test_broken_certificate_keeps_running(self) -> None:
+        """A reload whose certificate no longer loads is a failure; the old TLS stays."""
+        pki = make_pki(os.path.join(os.path.dirname(self.path), "pki"))
+        tls = f'[tls]\ncertificate = "{pki.server.certificate}"\nkey = "{pki.server.key}"\n'
+        self.write(
+            BASE.replace(
+                'address = "127.0.0.1:2525"', 'address = "127.0.0.1:2525"\ntls = "starttls"'
+            )
+            + tls
+        )
+        self.assertTrue(self.gateway.reload())
+        generation = self.gateway.generation
+        with open(pki.server.certificate, "w") as f:
+            f.write("not a certificate")
+        with capturedLogs() as events:
+            self.assertFalse(self.gateway.reload())
+        self.assertIs(self.gateway.generation, generation)
+        self.assertIn(pki.server.certificate, events[-1]["error"])
 
     def front_limits(self) -> object:
         (listener,) = self.gateway.listeners.values()
