@@ -8,7 +8,6 @@ implicit TLS are layered the same way everywhere.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -18,6 +17,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
+    IReactorTCP,
     IStreamClientEndpoint,
     ITCPTransport,
 )
@@ -27,7 +27,7 @@ from relaygate.proxy_protocol import PreambleEndpoint
 
 
 def client_endpoint(
-    reactor: Any,
+    reactor: IReactorTCP,
     target: HostPort,
     timeout: float,
     tls: IOpenSSLClientConnectionCreator | None = None,

@@ -9,17 +9,18 @@ The client's tagged OK carries the backend's post-login capabilities.
 
 STARTTLS (RFC 3501 section 6.2.1) is offered on C{starttls} and C{starttls-required}
 listeners; the latter says C{LOGINDISABLED} until TLS is up. To the backend, C{backend_tls}
-sends C{STARTTLS} before anything that identifies the client (L{LoginFront.secure_backend}).
+sends C{STARTTLS} before anything that identifies the client
+(L{relaygate.login.flow.LoginLeg.secure}).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
 from typing_extensions import override
 
+from relaygate.backend.errors import BackendError
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import (
@@ -33,29 +34,14 @@ from relaygate.imap_syntax import (
     quote,
     response_code,
 )
-from relaygate.login import (
-    BackendClient,
-    BackendError,
-    Credentials,
-    LoggedIn,
-    LoginFront,
-    LoginFrontFactory,
-    LoginOutcome,
-    Refused,
-    decode_base64,
-    encode_plain,
-    make_salt,
-    split_plain,
-)
+from relaygate.login.flow import LoggedIn, LoginLeg, LoginOutcome, Refused
+from relaygate.login.front import LoginFront
+from relaygate.login.line_client import LineBackendClient
+from relaygate.login.settings import LoginFrontFactory
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
+from relaygate.sasl import MECHANISMS, Credentials, Failed, encode_plain
 from relaygate.tls.server import ServerTLS
-
-_MECHANISMS = {
-    b"PLAIN": "plain",
-    b"LOGIN": "login",
-    b"CRAM-MD5": "cram-md5",
-    b"EXTERNAL": "external",
-}
 
 
 class IMAPFront(LoginFront):
@@ -73,8 +59,6 @@ class IMAPFront(LoginFront):
         self._max_literal = factory.max_literal_size
         self._send_id = factory.send_id
         self._continued = 0
-        self._sasl: tuple[str, bytes] | None = None
-        self._sasl_user = b""
 
     # Capabilities and simple replies.
 
@@ -93,7 +77,11 @@ class IMAPFront(LoginFront):
         if self._login_disabled():
             caps += [b"STARTTLS", b"LOGINDISABLED"]
             return b" ".join(caps)
-        caps += [b"AUTH=" + name for name, method in _MECHANISMS.items() if self._offered(method)]
+        caps += [
+            b"AUTH=" + name.encode("ascii")
+            for name, method in MECHANISMS.items()
+            if self._offered(method)
+        ]
         if self.settings.tls_mode in ("starttls", "starttls-required") and not self.secure:
             caps.append(b"STARTTLS")
         return b" ".join(caps)
@@ -104,8 +92,8 @@ class IMAPFront(LoginFront):
         return b"* OK [CAPABILITY %s] %s ready\r\n" % (self.capability_line(), name)
 
     @override
-    def reply_refused(self, credentials: Credentials, text: bytes) -> None:
-        self.write(b"%s NO %s\r\n" % (credentials.tag, text))
+    def reply_refused(self, tag: bytes, text: bytes) -> None:
+        self.write(b"%s NO %s\r\n" % (tag, text))
 
     @override
     def reply_internal_error(self) -> None:
@@ -114,6 +102,14 @@ class IMAPFront(LoginFront):
     @override
     def reply_timeout(self) -> None:
         self.write(b"* BYE Disconnected for inactivity\r\n")
+
+    @override
+    def reply_sasl_failed(self, tag: bytes, failed: Failed) -> None:
+        """RFC 3501 6.2.2: a cancelled or undecodable exchange gets BAD."""
+        if failed is Failed.CANCELLED:
+            self._bad(tag, b"authentication cancelled")
+        else:
+            self._bad(tag)
 
     @override
     def generic_refusal(self) -> bytes:
@@ -129,8 +125,8 @@ class IMAPFront(LoginFront):
 
     @override
     def step(self) -> bool:
-        if self._sasl is not None:
-            return self._sasl_step()
+        if self.in_sasl:
+            return self._sasl_line()
         parsed = parse_command(
             bytes(self.buffer), self._continued, self.settings.max_line_length, self._max_literal
         )
@@ -185,8 +181,6 @@ class IMAPFront(LoginFront):
     @override
     def reset_session(self) -> None:
         self._continued = 0
-        self._sasl = None
-        self._sasl_user = b""
 
     def do_LOGIN(self, command: Command) -> None:
         args = command.args
@@ -196,7 +190,7 @@ class IMAPFront(LoginFront):
             self.write(b"%s NO [PRIVACYREQUIRED] Use STARTTLS first\r\n" % command.tag)
             return
         user, password = _as_bytes(args[0]), _as_bytes(args[1])
-        self.start_login(Credentials(command.tag, "plain", user, password))
+        self.start_login(command.tag, Credentials("plain", user, password))
 
     def do_AUTHENTICATE(self, command: Command) -> None:
         args = command.args
@@ -205,76 +199,35 @@ class IMAPFront(LoginFront):
         if self._login_disabled():
             self.write(b"%s NO [PRIVACYREQUIRED] Use STARTTLS first\r\n" % command.tag)
             return
-        mechanism = _MECHANISMS.get(_as_bytes(args[0]).upper())
+        mechanism = MECHANISMS.get(_as_bytes(args[0]).upper().decode("ascii", "replace"))
         if mechanism is None or mechanism not in self.settings.auth:
             return self._bad(command.tag)
         if not self._offered(mechanism):
             self.invalid(b"%s NO EXTERNAL needs a verified client certificate\r\n" % command.tag)
             return
         initial = _as_bytes(args[1]) if len(args) == 2 else None
-        if initial == b"=":
-            initial = b""
-        if mechanism == "cram-md5":
-            if initial is not None:
-                return self._bad(command.tag)
-            if not self.salt:
-                self.salt = make_salt(self.settings.server_name, self._clock, self._random)
-            self.write(b"+ " + base64.b64encode(self.salt) + b"\r\n")
-            self._sasl = ("cram-md5", command.tag)
-        elif initial is None:
-            self._sasl = (mechanism, command.tag)
-            self.write(b"+ \r\n" if mechanism == "plain" else b"+ VXNlcm5hbWU6\r\n")
-        else:
-            self._sasl_response(mechanism, command.tag, initial)
+        self.start_sasl(command.tag, mechanism, initial)
 
-    def _sasl_step(self) -> bool:
+    def _sasl_line(self) -> bool:
         parsed = parse_line(bytes(self.buffer), self.settings.max_line_length)
         if parsed is None:
             return False
-        assert self._sasl is not None
-        mechanism, tag = self._sasl
-        self._sasl = None
         if isinstance(parsed, Invalid):
             del self.buffer[:]
-            self._bad(tag, b"line too long", fatal=True)
+            self._bad(self.abandon_sasl(), b"line too long", fatal=True)
             return True
         line, size = parsed
         del self.buffer[:size]
-        self._sasl_response(mechanism, tag, line)
+        self.sasl_line(line)
         return True
-
-    def _sasl_response(self, mechanism: str, tag: bytes, response: bytes) -> None:
-        """One client SASL response: another challenge, a login, or BAD (RFC 3501 6.2.2)."""
-        if response == b"*":
-            return self._bad(tag, b"authentication cancelled")
-        decoded = decode_base64(response)
-        if decoded is None:
-            return self._bad(tag)
-        if mechanism == "plain":
-            pair = split_plain(decoded)
-            if pair is None:
-                return self._bad(tag)
-            self.start_login(Credentials(tag, "plain", pair[0], pair[1]))
-        elif mechanism == "login":
-            self._sasl_user = decoded
-            self._sasl = ("login-password", tag)
-            self.write(b"+ UGFzc3dvcmQ6\r\n")
-        elif mechanism == "login-password":
-            self.start_login(Credentials(tag, "plain", self._sasl_user, decoded))
-        elif mechanism == "cram-md5":
-            user, _, digest = decoded.rpartition(b" ")
-            if not user or len(digest) != 32:
-                return self._bad(tag)
-            self.start_login(Credentials(tag, "cram-md5", user, digest, self.salt))
-        else:
-            self.start_login(Credentials(tag, "external", decoded, b""))
 
     # The backend.
 
     @override
     async def backend_login(
-        self, backend: BackendClient, credentials: Credentials, user: bytes, password: bytes
+        self, leg: LoginLeg, tag: bytes, user: bytes, password: bytes
     ) -> LoginOutcome:
+        backend = leg.client
         session = _BackendSession(backend)
         greeting = await backend.read_line()
         if not greeting.startswith(b"* OK"):
@@ -289,7 +242,7 @@ class IMAPFront(LoginFront):
             status, _, _ = await session.command(b"STARTTLS")
             return status == b"OK"
 
-        if await self.secure_backend(backend, b"STARTTLS" in caps, starttls):
+        if await leg.secure(b"STARTTLS" in caps, starttls):
             # RFC 3501 6.2.1: what the server said before TLS is forgotten; ask again.
             _, _, untagged = await session.command(b"CAPABILITY")
             caps = _capabilities_from_untagged(untagged) or set()
@@ -332,15 +285,13 @@ class IMAPFront(LoginFront):
             _, _, untagged = await session.command(b"CAPABILITY")
             post_caps = _capabilities_from_untagged(untagged) or set()
         ordered = _ordered(code, untagged, post_caps)
-        return LoggedIn(
-            b"%s OK [CAPABILITY %s] %s\r\n" % (credentials.tag, ordered, rest or b"Logged in")
-        )
+        return LoggedIn(b"%s OK [CAPABILITY %s] %s\r\n" % (tag, ordered, rest or b"Logged in"))
 
 
 class _BackendSession:
     """Tagged commands to a backend before login, one at a time."""
 
-    def __init__(self, backend: BackendClient) -> None:
+    def __init__(self, backend: LineBackendClient) -> None:
         self._backend = backend
         self._counter = 0
 
@@ -459,7 +410,7 @@ class IMAPFrontFactory(LoginFrontFactory):
         config: Config,
         listen: ListenConfig,
         router: Router,
-        reactor: Any,
+        reactor: IGatewayReactor,
         random: Callable[[], int] | None = None,
         *,
         server_tls: ServerTLS | None,

@@ -13,33 +13,23 @@ C{backend_tls} sends C{STLS} before anything that identifies the client.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
 from typing_extensions import override
 
+from relaygate.backend.errors import BackendError
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.imap_syntax import Invalid, parse_line
-from relaygate.login import (
-    BackendClient,
-    BackendError,
-    Credentials,
-    LoggedIn,
-    LoginFront,
-    LoginFrontFactory,
-    LoginOutcome,
-    Refused,
-    decode_base64,
-    encode_plain,
-    make_salt,
-    split_plain,
-)
+from relaygate.login.flow import LoggedIn, LoginLeg, LoginOutcome, Refused
+from relaygate.login.front import LoginFront
+from relaygate.login.line_client import LineBackendClient
+from relaygate.login.settings import LoginFrontFactory
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
+from relaygate.sasl import MECHANISMS, Credentials, Failed, encode_plain, make_salt
 from relaygate.tls.server import ServerTLS
-
-_SASL = {b"PLAIN": "plain", b"LOGIN": "login", b"CRAM-MD5": "cram-md5", b"EXTERNAL": "external"}
 
 
 class POP3Front(LoginFront):
@@ -50,8 +40,6 @@ class POP3Front(LoginFront):
     def __init__(self, factory: POP3FrontFactory, random: Callable[[], int] | None = None) -> None:
         super().__init__(factory.settings, factory.router, factory.reactor, random)
         self._capabilities = factory.capabilities
-        self._sasl: str | None = None
-        self._sasl_user = b""
         self._pending_user: bytes | None = None
 
     def _tls_required(self) -> bool:
@@ -64,7 +52,9 @@ class POP3Front(LoginFront):
         return method != "external" or self.has_verified_certificate()
 
     def _sasl_names(self) -> list[bytes]:
-        return [name for name, method in _SASL.items() if self._offered(method)]
+        return [
+            name.encode("ascii") for name, method in MECHANISMS.items() if self._offered(method)
+        ]
 
     @override
     def greeting(self) -> bytes:
@@ -95,7 +85,7 @@ class POP3Front(LoginFront):
         return b"".join(line + b"\r\n" for line in lines)
 
     @override
-    def reply_refused(self, credentials: Credentials, text: bytes) -> None:
+    def reply_refused(self, tag: bytes, text: bytes) -> None:
         self.write(b"-ERR %s\r\n" % text)
 
     @override
@@ -105,6 +95,10 @@ class POP3Front(LoginFront):
     @override
     def reply_timeout(self) -> None:
         self.write(b"-ERR Disconnected for inactivity\r\n")
+
+    @override
+    def reply_sasl_failed(self, tag: bytes, failed: Failed) -> None:
+        self._bad()
 
     @override
     def generic_refusal(self) -> bytes:
@@ -127,14 +121,13 @@ class POP3Front(LoginFront):
             return False
         if isinstance(parsed, Invalid):
             del self.buffer[:]
-            self._sasl = None
+            self.abandon_sasl()
             self.invalid(b"-ERR line too long\r\n", fatal=True)
             return True
         line, size = parsed
         del self.buffer[:size]
-        if self._sasl is not None:
-            mechanism, self._sasl = self._sasl, None
-            self._sasl_response(mechanism, line)
+        if self.in_sasl:
+            self.sasl_line(line)
             return True
         verb, _, rest = line.partition(b" ")
         handler = getattr(self, "do_" + verb.upper().decode("ascii", "replace"), None)
@@ -162,8 +155,6 @@ class POP3Front(LoginFront):
     @override
     def reset_session(self) -> None:
         self._pending_user = None
-        self._sasl = None
-        self._sasl_user = b""
 
     def do_USER(self, rest: bytes) -> None:
         args = rest.split()
@@ -179,14 +170,14 @@ class POP3Front(LoginFront):
         if user is None or not rest:
             return self._bad()
         self._pending_user = None
-        self.start_login(Credentials(b"", "plain", user, rest))
+        self.start_login(b"", Credentials("plain", user, rest))
 
     def do_APOP(self, rest: bytes) -> None:
         args = rest.split()
         if "apop" not in self.settings.auth or self._tls_required() or len(args) != 2:
             return self._bad()
         user, digest = args
-        self.start_login(Credentials(b"", "apop", user, digest, self.salt))
+        self.start_login(b"", Credentials("apop", user, digest, self.salt))
 
     def do_AUTH(self, rest: bytes) -> None:
         if self._tls_required():
@@ -198,60 +189,21 @@ class POP3Front(LoginFront):
                 b"+OK methods supported:\r\n" + b"".join(n + b"\r\n" for n in names) + b".\r\n"
             )
             return
-        mechanism = _SASL.get(args[0].upper())
+        mechanism = MECHANISMS.get(args[0].upper().decode("ascii", "replace"))
         if mechanism is None or mechanism not in self.settings.auth or len(args) > 2:
             return self._bad()
         if not self._offered(mechanism):
             self.invalid(b"-ERR EXTERNAL needs a verified client certificate\r\n")
             return
-        initial = args[1] if len(args) == 2 else None
-        if initial == b"=":
-            initial = b""
-        if mechanism == "cram-md5":
-            if initial is not None:
-                return self._bad()
-            if not self.salt:
-                self.salt = make_salt(self.settings.server_name, self._clock, self._random)
-            self.write(b"+ " + base64.b64encode(self.salt) + b"\r\n")
-            self._sasl = "cram-md5"
-        elif initial is None:
-            self._sasl = mechanism
-            self.write(b"+ \r\n" if mechanism == "plain" else b"+ VXNlcm5hbWU6\r\n")
-        else:
-            self._sasl_response(mechanism, initial)
-
-    def _sasl_response(self, mechanism: str, response: bytes) -> None:
-        """One client SASL response (RFC 5034): another challenge, a login, or -ERR."""
-        if response == b"*":
-            return self._bad()
-        decoded = decode_base64(response)
-        if decoded is None:
-            return self._bad()
-        if mechanism == "plain":
-            pair = split_plain(decoded)
-            if pair is None:
-                return self._bad()
-            self.start_login(Credentials(b"", "plain", pair[0], pair[1]))
-        elif mechanism == "login":
-            self._sasl_user = decoded
-            self._sasl = "login-password"
-            self.write(b"+ UGFzc3dvcmQ6\r\n")
-        elif mechanism == "login-password":
-            self.start_login(Credentials(b"", "plain", self._sasl_user, decoded))
-        elif mechanism == "cram-md5":
-            user, _, digest = decoded.rpartition(b" ")
-            if not user or len(digest) != 32:
-                return self._bad()
-            self.start_login(Credentials(b"", "cram-md5", user, digest, self.salt))
-        else:
-            self.start_login(Credentials(b"", "external", decoded, b""))
+        self.start_sasl(b"", mechanism, args[1] if len(args) == 2 else None)
 
     # The backend.
 
     @override
     async def backend_login(
-        self, backend: BackendClient, credentials: Credentials, user: bytes, password: bytes
+        self, leg: LoginLeg, tag: bytes, user: bytes, password: bytes
     ) -> LoginOutcome:
+        backend = leg.client
         greeting = await backend.read_line()
         if not greeting.startswith(b"+OK"):
             raise BackendError(f"unexpected greeting {greeting[:200]!r}")
@@ -263,9 +215,9 @@ class POP3Front(LoginFront):
         # C{required} sends STLS straight away (its -ERR means "not offered"); C{opportunistic}
         # first asks CAPA whether STLS is offered.
         offered = True
-        if self.backend_tls_mode == "opportunistic":
+        if leg.tls_mode == "opportunistic":
             offered = await _offers_stls(backend)
-        await self.secure_backend(backend, offered, stls)
+        await leg.secure(offered, stls)
         if self.settings.xclient and b"[XCLIENT]" in greeting and self.client.ip:
             backend.send(
                 b"XCLIENT ADDR=%s PORT=%d\r\n" % (self.client.ip.encode(), self.client.port)
@@ -292,7 +244,7 @@ class POP3Front(LoginFront):
 _IN_USER = {b"PASS", b"CAPA", b"QUIT", b"NOOP"}
 
 
-async def _offers_stls(backend: BackendClient) -> bool:
+async def _offers_stls(backend: LineBackendClient) -> bool:
     """Ask the backend's CAPA (RFC 2449) whether it offers STLS."""
     backend.send(b"CAPA\r\n")
     if not (await backend.read_line()).startswith(b"+OK"):
@@ -328,7 +280,7 @@ class POP3FrontFactory(LoginFrontFactory):
         config: Config,
         listen: ListenConfig,
         router: Router,
-        reactor: Any,
+        reactor: IGatewayReactor,
         random: Callable[[], int] | None = None,
         *,
         server_tls: ServerTLS | None,

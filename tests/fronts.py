@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -13,12 +13,13 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStream
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from relaygate.config.load import parse
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import AuthRequest, Decision
 from tests.certs import PKI, make_pki
 
@@ -49,6 +50,11 @@ def tls_section(pki: PKI, **settings: Any) -> dict[str, Any]:
 def server_tls_config(directory: str) -> dict[str, Any]:
     """A C{[tls]} section with certificates made in C{directory}, for fronts on TLS listeners."""
     return tls_section(make_pki(directory))
+
+
+def gateway(reactor: object) -> IGatewayReactor:
+    """C{reactor} (a memory reactor, or the global one) as the fronts type it."""
+    return cast(IGatewayReactor, reactor)
 
 
 def listener(tls: str = "none") -> ListenConfig:
@@ -218,6 +224,19 @@ class RawClient:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+def dead_port(case: SynchronousTestCase) -> int:
+    """A port on 127.0.0.1 where connections are refused, for as long as C{case} runs.
+
+    The socket is bound but never listens, so the kernel refuses connections to it (RST), and
+    no other process can take the port in the meantime, as it could a port bound and released.
+    """
+    held = socket.socket()
+    case.addCleanup(held.close)
+    held.bind(("127.0.0.1", 0))
+    port: int = held.getsockname()[1]
+    return port
 
 
 def big_message(size: int) -> bytes:

@@ -1,10 +1,12 @@
-"""Tests for L{relaygate.imap_syntax} and the IMAP front L{relaygate.imap} (no real sockets)."""
+"""Tests for the IMAP front L{relaygate.imap}: in memory, and against Dovecot and imaplib."""
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import imaplib
+import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -17,12 +19,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.addresses import HostPort
 from relaygate.imap import IMAPFront, IMAPFrontFactory
-from relaygate.imap_syntax import Command, Continue, Invalid, astring, parse_command, parse_line
 from relaygate.listeners import new_server_tls
 from relaygate.routing.router import Accept, Refuse, Router, RouterUnavailable
 from relaygate.routing.table import TableRouter
 from tests.authservice import ok_to, start_auth_service
-from tests.dovecot import Dovecot, dovecot_for, free_port
+from tests.dovecot import Dovecot, dovecot_for
 from tests.fronts import (
     Gateway,
     RawClient,
@@ -31,6 +32,8 @@ from tests.fronts import (
     big_message,
     config_for,
     connect_front,
+    dead_port,
+    gateway,
     listener,
     make_config,
     server_tls_config,
@@ -44,116 +47,6 @@ GREETING = (
 )
 BACKEND_CAPS = b"IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN"
 POST_CAPS = b"IMAP4rev1 SASL-IR ID ENABLE IDLE SORT UIDPLUS MOVE LITERAL+"
-
-
-class ParseCommandTests(SynchronousTestCase):
-    """L{parse_command} turns bytes into commands, continuations and errors."""
-
-    def test_atoms(self) -> None:
-        """A tag, a command name (upper-cased) and atoms."""
-        self.assertEqual(
-            parse_command(b"a1 login alice secret\r\nrest"),
-            Command(b"a1", b"LOGIN", (b"alice", b"secret"), 23),
-        )
-
-    def test_quoted_escapes(self) -> None:
-        """Quoted strings drop their quotes and undo C{\\"} and C{\\\\}."""
-        parsed = parse_command(b'a LOGIN "al ice" "p\\"w\\\\d %"\r\n')
-        assert isinstance(parsed, Command)
-        self.assertEqual(parsed.args, (b"al ice", b'p"w\\d %'))
-
-    def test_bad_escape(self) -> None:
-        """Only C{\\"} and C{\\\\} are escapes; the line is refused and skipped."""
-        self.assertEqual(
-            parse_command(b'a LOGIN "a\\b" c\r\nb NOOP\r\n'),
-            Invalid(b"a", "invalid escape in quoted string", 17),
-        )
-
-    def test_incomplete(self) -> None:
-        """Without a line end, more bytes are needed."""
-        self.assertIsNone(parse_command(b"a LOGIN alice"))
-        self.assertIsNone(parse_command(b'a LOGIN "ali'))
-        self.assertIsNone(parse_command(b"a NOOP\r"))
-
-    def test_bare_lf(self) -> None:
-        """A bare LF ends a line, as nginx accepts it."""
-        self.assertEqual(parse_command(b"a NOOP\n"), Command(b"a", b"NOOP", (), 7))
-
-    def test_sync_literal_asks_for_continuation(self) -> None:
-        """C{{n}} asks for a continuation once, then waits for the literal's bytes."""
-        data = b"a LOGIN {5}\r\n"
-        self.assertEqual(parse_command(data), Continue(13))
-        self.assertIsNone(parse_command(data, continued=13))
-        data += b"alice {4}\r\n"
-        self.assertEqual(parse_command(data, continued=13), Continue(24))
-        data += b'p "w\r\n'
-        self.assertEqual(
-            parse_command(data, continued=24), Command(b"a", b"LOGIN", (b"alice", b'p "w'), 30)
-        )
-
-    def test_non_sync_literal(self) -> None:
-        """C{{n+}} needs no continuation (RFC 7888)."""
-        self.assertEqual(
-            parse_command(b"a LOGIN {5+}\r\nalice {2+}\r\npw\r\n"),
-            Command(b"a", b"LOGIN", (b"alice", b"pw"), 30),
-        )
-
-    def test_literal_too_big(self) -> None:
-        """A synchronizing literal over the limit is refused before the client sends it."""
-        self.assertEqual(
-            parse_command(b"a LOGIN {5000}\r\n", max_literal=4096),
-            Invalid(b"a", "literal too big", 16),
-        )
-
-    def test_non_sync_literal_too_big_is_fatal(self) -> None:
-        """A C{{n+}} literal over the limit is already on its way: the session must end."""
-        self.assertEqual(
-            parse_command(b"a LOGIN {5000+}\r\nxxxx", max_literal=4096),
-            Invalid(b"a", "literal too big", 17, fatal=True),
-        )
-
-    def test_line_too_long(self) -> None:
-        """A line that exceeds the limit without ending is fatal."""
-        self.assertEqual(
-            parse_command(b"a LOGIN " + b"x" * 600, max_line=512),
-            Invalid(b"a", "line too long", 608, fatal=True),
-        )
-
-    def test_bad_line_with_non_sync_literal_is_fatal(self) -> None:
-        """An invalid line announcing C{{n+}} can't be skipped safely (as nginx decides)."""
-        parsed = parse_command(b"a LO)GIN {3+}\r\nabc\r\n")
-        assert isinstance(parsed, Invalid)
-        self.assertTrue(parsed.fatal)
-
-    def test_lists(self) -> None:
-        """Parenthesized lists, as ID sends them."""
-        parsed = parse_command(b'a ID ("name" "x" "version" NIL)\r\n')
-        assert isinstance(parsed, Command)
-        self.assertEqual(parsed.args, ((b"name", b"x", b"version", b"NIL"),))
-
-    def test_empty_line(self) -> None:
-        """An empty line is an error with the untagged tag."""
-        self.assertEqual(parse_command(b"\r\n"), Invalid(b"*", "missing tag", 2))
-
-    def test_parse_line(self) -> None:
-        """SASL response lines: without CRLF, with their size; bounded."""
-        self.assertEqual(parse_line(b"abc\r\nx", 100), (b"abc", 5))
-        self.assertIsNone(parse_line(b"abc", 100))
-        self.assertEqual(parse_line(b"x" * 100, 100), Invalid(b"*", "line too long", 100, True))
-
-
-class AstringTests(SynchronousTestCase):
-    """L{astring} quotes what it can and uses literals for the rest."""
-
-    def test_quoted(self) -> None:
-        """Printable ASCII is quoted with escapes."""
-        self.assertEqual(astring(b'p "w\\ %', False), (b'"p \\"w\\\\ %"', None))
-
-    def test_literal(self) -> None:
-        """UTF-8 goes as a literal, synchronizing or not."""
-        value = "pässword".encode()
-        self.assertEqual(astring(value, False), (b"{9}", value))
-        self.assertEqual(astring(value, True), (b"{9+}", value))
 
 
 class IMAPFrontTestCase(SynchronousTestCase):
@@ -174,7 +67,7 @@ class IMAPFrontTestCase(SynchronousTestCase):
         listen = listener(tls)
         server_tls = new_server_tls(listen, config)
         factory = IMAPFrontFactory(
-            config, listen, self.router, self.reactor, lambda: 42, server_tls=server_tls
+            config, listen, self.router, gateway(self.reactor), lambda: 42, server_tls=server_tls
         )
         front = factory.buildProtocol(None)
         transport = connect_front(front)
@@ -290,6 +183,47 @@ class FrontTests(IMAPFrontTestCase):
         front.dataReceived(base64.b64encode(b"zid\0bob\0pw") + b"\r\n")
         self.assertEqual(self.router.requests[0].user, b"bob")
 
+    def test_authenticate_refuses_line_breaks_and_nul(self) -> None:
+        """A decoded SASL user or password with CR, LF or NUL gets BAD; the router sees nothing."""
+        front, transport = self.front(auth=["plain", "login"])
+        take(transport)
+        plain = base64.b64encode(b"\0bob\0pa\r\nss")
+        front.dataReceived(b"a AUTHENTICATE PLAIN " + plain + b"\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\n")
+        front.dataReceived(b"b AUTHENTICATE LOGIN " + base64.b64encode(b"bo\nb") + b"\r\n")
+        self.assertEqual(take(transport), b"b BAD invalid command\r\n")
+        front.dataReceived(b"c AUTHENTICATE LOGIN\r\n" + base64.b64encode(b"bob") + b"\r\n")
+        self.assertEqual(take(transport), b"+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n")
+        front.dataReceived(base64.b64encode(b"p\0w") + b"\r\n")
+        self.assertEqual(take(transport), b"c BAD invalid command\r\n")
+        self.assertEqual(self.router.requests, [])
+
+    def test_authenticate_refuses_long_values(self) -> None:
+        """A SASL user over 255 octets or a password over 1024 gets BAD; at the limits it goes."""
+        front, transport = self.front(max_errors=10)
+        take(transport)
+        for tag, user, password in [(b"a", b"u" * 256, b"pw"), (b"b", b"bob", b"p" * 1025)]:
+            plain = base64.b64encode(b"\0" + user + b"\0" + password)
+            front.dataReceived(tag + b" AUTHENTICATE PLAIN " + plain + b"\r\n")
+            self.assertEqual(take(transport), tag + b" BAD invalid command\r\n")
+        self.assertEqual(self.router.requests, [])
+        plain = base64.b64encode(b"\0" + b"u" * 255 + b"\0" + b"p" * 1024)
+        front.dataReceived(b"c AUTHENTICATE PLAIN " + plain + b"\r\n")
+        self.assertEqual(len(self.router.requests), 1)
+
+    def test_authenticate_cram_md5_digest_must_be_hex(self) -> None:
+        """A CRAM-MD5 digest that is not 32 hex digits gets BAD; a valid one goes lower-cased."""
+        front, transport = self.front(auth=["cram-md5"])
+        take(transport)
+        front.dataReceived(b"a AUTHENTICATE CRAM-MD5\r\n")
+        take(transport)
+        front.dataReceived(base64.b64encode(b"bob " + b"x" * 32) + b"\r\n")
+        self.assertEqual(take(transport), b"a BAD invalid command\r\n")
+        front.dataReceived(b"b AUTHENTICATE CRAM-MD5\r\n")
+        take(transport)
+        front.dataReceived(base64.b64encode(b"bob " + b"AB" * 16) + b"\r\n")
+        self.assertEqual(self.router.requests[0].password, b"ab" * 16)
+
     def test_authenticate_cancelled(self) -> None:
         """A C{*} response cancels the exchange with a tagged BAD."""
         front, transport = self.front()
@@ -300,7 +234,10 @@ class FrontTests(IMAPFrontTestCase):
         )
 
     def test_authenticate_login(self) -> None:
-        """AUTHENTICATE LOGIN asks for user then password with nginx's prompts."""
+        """AUTHENTICATE LOGIN asks for user then password with nginx's prompts.
+
+        The router gets method C{login}, as from SMTP; auth_http sends it as C{plain}.
+        """
         front, transport = self.front()
         take(transport)
         front.dataReceived(b"a AUTHENTICATE LOGIN\r\n")
@@ -310,7 +247,7 @@ class FrontTests(IMAPFrontTestCase):
         front.dataReceived(base64.b64encode(b"pw") + b"\r\n")
         request = self.router.requests[0]
         self.assertEqual(
-            (request.method, request.user, request.password), ("plain", b"bob", b"pw")
+            (request.method, request.user, request.password), ("login", b"bob", b"pw")
         )
 
     def test_authenticate_cram_md5(self) -> None:
@@ -425,6 +362,42 @@ class BackendLoginTests(IMAPFrontTestCase):
         self.assertEqual(take(backend_transport), b"b SELECT INBOX\r\n")
         backend.dataReceived(b"* 3 EXISTS\r\n")
         self.assertEqual(take(transport), b"* 3 EXISTS\r\n")
+
+    def test_half_close_waits_for_pipelined_answers(self) -> None:
+        """Commands pipelined before a half-close are all answered (a login's refusal too)."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Refuse("Invalid login or password", wait=1.0)
+        front.dataReceived(b"a NOOP\r\nb LOGIN alice wrong\r\nc CAPABILITY\r\nd NOOP\r\ne LOG")
+        front.readConnectionLost()
+        self.assertEqual(take(transport), b"a OK completed\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.0)
+        self.assertEqual(
+            take(transport),
+            b"b NO Invalid login or password\r\n"
+            b"* CAPABILITY IMAP4rev1 LITERAL+ SASL-IR ID AUTH=PLAIN AUTH=LOGIN\r\n"
+            b"c OK completed\r\nd OK completed\r\n",
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_close_after_login_reaches_the_backend(self) -> None:
+        """A half-close during the login is relayed once the login succeeded, after the
+        commands pipelined behind it."""
+        front, transport = self.front(send_id=False)
+        backend, backend_transport = self.login(front, transport)
+        half_closed: list[bool] = []
+        backend_transport.loseWriteConnection = lambda: half_closed.append(True)  # type: ignore[attr-defined]
+        front.dataReceived(b"b SELECT INBOX\r\n")
+        front.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        backend.dataReceived(b"* OK [CAPABILITY " + BACKEND_CAPS + b"] ready\r\n")
+        self.assertEqual(take(backend_transport), b'R1 LOGIN "alice" "pw"\r\n')
+        backend.dataReceived(b"* CAPABILITY " + POST_CAPS + b"\r\nR1 OK Logged in\r\n")
+        self.assertEqual(take(transport), b"a OK [CAPABILITY " + POST_CAPS + b"] Logged in\r\n")
+        self.assertEqual(take(backend_transport), b"b SELECT INBOX\r\n")
+        self.assertEqual(half_closed, [True])
+        self.assertFalse(transport.disconnecting or backend_transport.disconnecting)
 
     def test_login_literal_plus(self) -> None:
         """Credentials that quoting can't carry go as LITERAL+ literals when offered."""
@@ -588,6 +561,20 @@ PASSWORD = 'p w%"x'
 UTF8_PASSWORD = 'ä p%"ß'
 
 
+class DeadPortTests(SynchronousTestCase):
+    """The "backend down" tests' address stays refused and unclaimed for the whole test."""
+
+    def test_refused_and_held(self) -> None:
+        """Connections are refused, and no one else can bind the port while the test runs."""
+        port = dead_port(self)
+        with socket.socket() as other:
+            with self.assertRaises(OSError) as bound:
+                other.bind(("127.0.0.1", port))
+            self.assertEqual(bound.exception.errno, errno.EADDRINUSE)
+        with socket.socket() as client:
+            self.assertEqual(client.connect_ex(("127.0.0.1", port)), errno.ECONNREFUSED)
+
+
 class DovecotIMAPTests(TestCase):
     """The IMAP front against a real Dovecot, with imaplib and raw sockets."""
 
@@ -625,7 +612,7 @@ class DovecotIMAPTests(TestCase):
             router = TableRouter(config.routes)
         server_tls = new_server_tls(config.listen[0], config)
         factory = IMAPFrontFactory(
-            config, config.listen[0], router, reactor, server_tls=server_tls
+            config, config.listen[0], router, gateway(reactor), server_tls=server_tls
         )
         return await start_gateway(self, factory)
 
@@ -780,7 +767,7 @@ class DovecotIMAPTests(TestCase):
 
     async def test_auth_service_down(self) -> None:
         """An auth service that can't be reached: nginx's internal error, then close."""
-        gateway = await self.gateway(auth_url=f"http://127.0.0.1:{free_port()}/auth")
+        gateway = await self.gateway(auth_url=f"http://127.0.0.1:{dead_port(self)}/auth")
         self.assertEqual(
             await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
         )
@@ -795,7 +782,7 @@ class DovecotIMAPTests(TestCase):
 
     async def test_backend_down(self) -> None:
         """A backend that refuses connections: nginx's internal error, then close."""
-        gateway = await self.gateway(backend_port=free_port())
+        gateway = await self.gateway(backend_port=dead_port(self))
         self.assertEqual(
             await self.internal_error(gateway), [b"* BAD internal server error\r\n", b""]
         )

@@ -16,6 +16,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.addresses import HostPort
+from relaygate.login.operations import LoginOperations
+from relaygate.login.phase import LoginPhase
 from relaygate.ops.build import Operations
 from relaygate.ops.drain import Drain
 from relaygate.ops.health import Health, HealthSettings
@@ -287,3 +289,30 @@ class HealthRoutingTests(SynchronousTestCase):
         self.assertTrue(self.health.is_up(self.a))
         self.assertIs(metered.seconds.__self__, metered)  # type: ignore[attr-defined]
         self.assertEqual(metered.getDelayedCalls(), self.reactor.getDelayedCalls())
+
+
+class LoginFactsTests(SynchronousTestCase):
+    """IMAP and POP3 sessions show their login's user, backend and phase."""
+
+    def test_facts(self) -> None:
+        """A spliced session shows spliced; a session still reading shows no state."""
+
+        class Flow:
+            user = b"alice@example.org"
+            backend_address = "127.0.0.1:143"
+
+        class Front(LoginOperations):
+            phase = LoginPhase.SPLICED
+
+            @property
+            def state(self) -> LoginPhase:
+                return self.phase
+
+        front = Front()
+        front._flow = cast(Any, Flow())
+        self.assertEqual(
+            front.ops_facts(),
+            {"user": "alice@example.org", "backend": "127.0.0.1:143", "state": "spliced"},
+        )
+        front.phase = LoginPhase.READING
+        self.assertEqual(front.ops_facts()["state"], "")

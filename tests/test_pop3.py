@@ -29,6 +29,7 @@ from tests.fronts import (
     big_message,
     config_for,
     connect_front,
+    gateway,
     listener,
     make_config,
     server_tls_config,
@@ -54,7 +55,7 @@ class POP3TestCase(SynchronousTestCase):
         listen = listener(tls)
         server_tls = new_server_tls(listen, config)
         factory = POP3FrontFactory(
-            config, listen, self.router, self.reactor, lambda: 42, server_tls=server_tls
+            config, listen, self.router, gateway(self.reactor), lambda: 42, server_tls=server_tls
         )
         front = factory.buildProtocol(None)
         return front, connect_front(front)
@@ -158,6 +159,17 @@ class POP3FrontTests(POP3TestCase):
         front2.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"\0carol\0pw") + b"\r\n")
         self.assertEqual(self.router.requests[1].user, b"carol")
 
+    def test_auth_refuses_line_breaks_nul_and_long_values(self) -> None:
+        """A decoded SASL user or password with CR, LF or NUL, or too long, gets -ERR."""
+        front, transport = self.front(auth=["plain", "login"], max_errors=10)
+        take(transport)
+        for decoded in [b"\0bob\0p\rw", b"\0" + b"u" * 256 + b"\0pw", b"\0bob\0" + b"p" * 1025]:
+            front.dataReceived(b"AUTH PLAIN " + base64.b64encode(decoded) + b"\r\n")
+            self.assertEqual(take(transport), b"-ERR invalid command\r\n")
+        front.dataReceived(b"AUTH LOGIN\r\n" + base64.b64encode(b"b\nob") + b"\r\n")
+        self.assertEqual(take(transport), b"+ VXNlcm5hbWU6\r\n-ERR invalid command\r\n")
+        self.assertEqual(self.router.requests, [])
+
     def test_auth_cram_md5(self) -> None:
         """AUTH CRAM-MD5 challenges with the greeting's timestamp."""
         front, transport = self.front(auth=["cram-md5"])
@@ -198,6 +210,28 @@ class POP3FrontTests(POP3TestCase):
         self.router.answer = lambda r: RouterUnavailable("down")
         front.dataReceived(b"USER bob\r\nPASS x\r\n")
         self.assertEqual(take(transport), b"+OK\r\n-ERR internal server error\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_close_waits_for_pipelined_answers(self) -> None:
+        """Commands pipelined before a half-close are all answered (a login's refusal too)."""
+        front, transport = self.front()
+        take(transport)
+        self.router.answer = lambda r: Refuse("Invalid login or password", wait=1.0)
+        front.dataReceived(b"NOOP\r\nUSER bob\r\nPASS x\r\nNOOP\r\nQU")
+        front.readConnectionLost()
+        self.assertEqual(take(transport), b"+OK\r\n+OK\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.0)
+        self.assertEqual(take(transport), b"-ERR Invalid login or password\r\n+OK\r\n")
+        self.assertTrue(transport.disconnecting)
+
+    def test_half_close_while_reading(self) -> None:
+        """A half-close with nothing pending closes at once, after the answers."""
+        front, transport = self.front()
+        take(transport)
+        front.dataReceived(b"CAPA\r\nNOOP\r\n")
+        front.readConnectionLost()
+        self.assertTrue(take(transport).endswith(b".\r\n+OK\r\n"))
         self.assertTrue(transport.disconnecting)
 
     def test_apop_needs_auth_service(self) -> None:
@@ -311,7 +345,7 @@ class DovecotPOP3Tests(TestCase):
             router = TableRouter(config.routes)
         server_tls = new_server_tls(config.listen[1], config)
         factory = POP3FrontFactory(
-            config, config.listen[1], router, reactor, server_tls=server_tls
+            config, config.listen[1], router, gateway(reactor), server_tls=server_tls
         )
         return await start_gateway(self, factory)
 

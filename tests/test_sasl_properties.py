@@ -1,4 +1,4 @@
-"""Property tests for SMTP AUTH's SASL decoding (L{relaygate.smtp.sasl}): any line ends the
+"""Property tests for SMTP AUTH's SASL decoding (L{relaygate.sasl}): any line ends the
 exchange or goes on, never raises, and accepted identities carry no NUL, CR or LF."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.smtp.sasl import (
+from relaygate.sasl import (
     MAX_PASSWORD,
     MAX_USER,
     Challenge,
@@ -18,8 +18,8 @@ from relaygate.smtp.sasl import (
     SASLExchange,
     decode,
     parse_auth_command,
-    refusal,
 )
+from relaygate.smtp.auth_replies import auth_refusal
 from tests import properties  # noqa: F401 (loads the Hypothesis profile)
 
 _MECHANISMS = ("plain", "login", "cram-md5", "external")
@@ -108,13 +108,13 @@ class ExchangeTests(SynchronousTestCase):
     @given(
         st.text(max_size=100) | st.text(alphabet="\r\n\x00 ab", max_size=10),
         # The routers pass on only codes without control characters (routing/http.py checks
-        # Auth-Error-Code); refusal() itself does not clean the code.
+        # Auth-Error-Code); auth_refusal() itself does not clean the code.
         st.text(st.characters(blacklist_categories=["Cc"]), max_size=30)
         | st.from_regex(r"[245][0-9]{2}( [245]\.[0-9]\.[0-9])?", fullmatch=True),
     )
     def test_refusal_carries_no_line_break(self, message: str, error_code: str) -> None:
         """A router's refusal becomes one reply line without CR, LF or NUL, code 4xx or 5xx."""
-        reply = refusal(message, error_code)
+        reply = auth_refusal(message, error_code)
         self.assertIn(reply.code // 100, (4, 5))
         self.assertEqual(len(reply.lines), 1)
         for byte in b"\x00\r\n":

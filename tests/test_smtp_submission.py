@@ -16,17 +16,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from relaygate.addresses import HostPort
 from relaygate.config.load import parse
 from relaygate.routing.router import Accept, ClientTLS, Decision, Refuse, RouterUnavailable
-from relaygate.smtp.replies import R_LINE_TOO_LONG, Reply
-from relaygate.smtp.sasl import (
+from relaygate.sasl import Credentials, SASLExchange, parse_auth_command
+from relaygate.smtp.auth_replies import (
     R_AUTH_CANCELLED,
     R_AUTH_IN_TRANSACTION,
     R_AUTH_NEED_EHLO,
     R_AUTH_OK,
     R_AUTH_TOO_LONG,
-    Credentials,
-    SASLExchange,
-    parse_auth_command,
 )
+from relaygate.smtp.replies import R_LINE_TOO_LONG, Reply
 from relaygate.smtp.session_facts import ClientFacts
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.submission import (

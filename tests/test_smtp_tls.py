@@ -36,7 +36,7 @@ from relaygate.config.load import parse
 from relaygate.config.tls import TLSConfig
 from relaygate.listeners import new_server_tls
 from relaygate.reactor import IGatewayReactor
-from relaygate.smtp.backend import BackendClient
+from relaygate.smtp.backend import SMTPBackendClient
 from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
 from relaygate.tls.server import ServerTLS
 from tests.authservice import ok_to, start_auth_service
@@ -250,7 +250,7 @@ class BackendStartTLSTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        self.client = BackendClient(b"gw.test", self.clock, 30.0)
+        self.client = SMTPBackendClient(b"gw.test", self.clock, 30.0)
         self.transport = StartTLSTransport()
         self.client.makeConnection(self.transport)
         self.client.dataReceived(b"220 backend ESMTP\r\n")

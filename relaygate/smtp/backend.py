@@ -5,14 +5,14 @@ the front decides each command as the client sends it. So this keeps ESMTPClient
 (multi-line replies, bad-reply detection) and replaces the state table with a FIFO of waiters,
 which also makes RFC 2920 pipelining free: send several commands, await their replies in order.
 
-TLS to the backend: L{BackendClient.start_tls} (STARTTLS, RFC 3207) or an implicit-TLS endpoint
+TLS to the backend: L{SMTPBackendClient.start_tls} (STARTTLS, RFC 3207) or an implicit-TLS endpoint
 from L{client_endpoint}; a failed handshake or verification fails with L{BackendTLSError}.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,13 +20,12 @@ from OpenSSL import SSL
 from service_identity import CertificateError as NameCheckError
 from service_identity import VerificationError
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -34,9 +33,12 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
-from relaygate.connect import client_endpoint, set_no_delay
+from relaygate.backend.connect import connect_with_failover, leg_tls_summary
+from relaygate.backend.errors import BackendError, BackendLost, BackendTLSError
+from relaygate.backend.policy import BackendPolicy, TLSCreatorFor
+from relaygate.connect import set_no_delay
+from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
-from relaygate.tls.facts import tls_facts
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
 
@@ -53,30 +55,6 @@ class RelayTransport(Protocol):
     def unregisterProducer(self) -> None: ...
 
 
-class BackendError(Exception):
-    """The backend leg failed: the message can't be relayed now (a temporary failure)."""
-
-
-class BackendLost(BackendError):
-    """The backend closed the connection or stopped answering."""
-
-
-class BackendUnreachable(BackendError):
-    """No backend of the route accepted a connection."""
-
-
-class BackendTLSError(BackendError):
-    """TLS to the backend failed or is not offered where it is required: never fall back."""
-
-
-class BackendTLSNotOffered(BackendTLSError):
-    """C{backend_tls = "required"}, and the backend does not offer (or refuses) STARTTLS."""
-
-
-TLSCreatorFor = Callable[[HostPort], IOpenSSLClientConnectionCreator]
-"""Makes the verifying TLS creator for one backend address (its host is the name to check)."""
-
-
 @dataclass
 class BackendInfo:
     """What the front reports about the backend leg in its logs."""
@@ -88,7 +66,7 @@ class BackendInfo:
 
 
 @implementer(IHandshakeListener)
-class BackendClient(smtp.ESMTPClient):
+class SMTPBackendClient(smtp.ESMTPClient):
     """An SMTP connection to a backend: C{command(line)} returns the reply to that line."""
 
     _log = Logger()
@@ -215,10 +193,9 @@ class BackendClient(smtp.ESMTPClient):
 
     def handshakeCompleted(self) -> None:
         """The TLS layer finished its handshake: record the leg's facts for the logs."""
-        facts = tls_facts(self.transport)
-        if facts is not None:
-            verified = "verified" if facts.verified else "unverified"
-            self.info.tls = f"{facts.protocol} {facts.cipher} {verified}"
+        summary = leg_tls_summary(self.transport)
+        if summary:
+            self.info.tls = summary
         handshake, self._handshake = self._handshake, None
         if handshake is not None:
             if not self._waiters:
@@ -303,64 +280,35 @@ class BackendClient(smtp.ESMTPClient):
             self.abort_transport()
 
 
-class _OneClient(Factory):
-    """Hands one prepared client to an endpoint (like C{connectProtocol}, without its logging)."""
-
-    noisy = False
-
-    def __init__(self, client: BackendClient) -> None:
-        self._client = client
-
-    @override
-    def buildProtocol(self, addr: Any) -> BackendClient:
-        return self._client
-
-
-async def connect_backend(
-    reactor: Any,
+async def connect_smtp_backend(
+    reactor: IGatewayReactor,
     backends: Sequence[HostPort],
     identity: bytes,
-    connect_timeout: float,
-    reply_timeout: float,
+    policy: BackendPolicy,
     implicit_tls: TLSCreatorFor | None = None,
     preamble: bytes = b"",
-) -> tuple[BackendClient, HostPort]:
-    """Connect to the first of C{backends} that accepts and greets with 2xx (failover in order).
+) -> tuple[SMTPBackendClient, HostPort]:
+    """Connect to the first of C{backends} that accepts and greets with 220 (failover in order).
 
+    @param identity: the name the client says in EHLO.
     @param implicit_tls: for C{backend_tls = "implicit"}: the TLS creator for each backend.
     @param preamble: bytes sent first on each connection (a PROXY header).
-    @raise BackendUnreachable: when none does; L{BackendTLSError} when the last one tried
-        failed its TLS handshake.
+    @raise relaygate.backend.errors.BackendUnreachable: when none does;
+        L{BackendTLSError} when the last one tried failed its TLS handshake.
     """
-    log = BackendClient._log
-    last = ""
-    tls_failed = False
-    for backend in backends:
-        client = BackendClient(identity, reactor, reply_timeout)
-        try:
-            creator = implicit_tls(backend) if implicit_tls is not None else None
-            endpoint = client_endpoint(reactor, backend, connect_timeout, creator, preamble)
-            await endpoint.connect(_OneClient(client))
-            greeting = await client.greeting
-        except CancelledError:
-            client.abort()
-            raise
-        except Exception as e:
-            client.abort()
-            last = f"{backend}: {e}"
-            tls_failed = isinstance(e, BackendTLSError)
-            log.warn("backend {backend} unavailable: {error}", backend=str(backend), error=str(e))
-            continue
+
+    async def greeted(client: SMTPBackendClient) -> None:
+        greeting = await client.greeting
         if greeting.code != 220:
-            last = f"{backend}: greeted with {greeting.summary()}"
-            log.warn(
-                "backend {backend} refused the session: {reply}",
-                backend=str(backend),
-                reply=greeting.summary(),
-            )
-            client.abort()
-            continue
-        return client, backend
-    if tls_failed:
-        raise BackendTLSError(last)
-    raise BackendUnreachable(last or "no backends")
+            raise BackendError(f"greeted with {greeting.summary()}")
+
+    return await connect_with_failover(
+        reactor,
+        backends,
+        policy.connect_timeout,
+        lambda: SMTPBackendClient(identity, reactor, policy.reply_timeout),
+        implicit_tls,
+        preamble,
+        check=greeted,
+        drop=SMTPBackendClient.abort,
+    )

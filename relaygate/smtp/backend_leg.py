@@ -3,9 +3,10 @@ the backend, tell it who the client is.
 
 The front calls L{BackendLeg.route_recipient} for each RCPT; the first accepted recipient of
 a transaction opens (or reuses) the backend connection for its route: connect with failover
-(L{connect_backend}), EHLO, STARTTLS per C{backend_tls} (verified, with a 4xx instead of any
-plaintext fallback), XCLIENT, and the login the submission side asks for. Then MAIL and RCPT
-go to the backend, pipelined when it offers PIPELINING.
+(L{connect_smtp_backend}), EHLO, STARTTLS per C{backend_tls} (L{starttls_to_backend}: verified,
+with a 4xx instead of any plaintext fallback), XCLIENT, and the login the submission side asks
+for. Then MAIL and RCPT go to the backend, pipelined when it offers PIPELINING. The
+connection machinery (policy, failover, STARTTLS rules) is L{relaygate.backend}'s.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from relaygate.addresses import HostPort
-from relaygate.proxy_protocol import encode_header
+from relaygate.addresses import ClientAddress, HostPort
+from relaygate.backend.errors import BackendError, BackendTLSError, BackendTLSNotOffered
+from relaygate.backend.negotiate import starttls_to_backend
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
-from relaygate.smtp.backend import (
-    BackendClient,
-    BackendError,
-    BackendTLSError,
-    BackendTLSNotOffered,
-    connect_backend,
-)
+from relaygate.smtp.auth_replies import R_BACKEND_LOGIN, backend_plain
+from relaygate.smtp.backend import SMTPBackendClient, connect_smtp_backend
 from relaygate.smtp.replies import (
     R_AUTH_SERVICE,
     R_BACKEND_DOWN,
@@ -35,19 +32,10 @@ from relaygate.smtp.replies import (
     R_OTHER_BACKEND,
     Reply,
 )
-from relaygate.smtp.sasl import R_BACKEND_LOGIN, backend_plain
 from relaygate.smtp.session_facts import ClientFacts, Transaction
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import R_XCLIENT_TOO_LONG, XClientTooLong, xclient_commands
-from relaygate.tls.client import backend_tls_creator
-
-
-def backend_tls_for(settings: SMTPSettings, backend: HostPort) -> IOpenSSLClientConnectionCreator:
-    """The verifying TLS creator for C{backend}: its host is the name (or IP) checked."""
-    return backend_tls_creator(
-        backend.host, settings.backend_ca, settings.backend_certificate, settings.backend_key
-    )
 
 
 class BackendLeg:
@@ -68,10 +56,10 @@ class BackendLeg:
         self._reactor = reactor
         self._facts = facts
         self._submission = submission
-        self.backend: BackendClient | None = None
+        self.backend: SMTPBackendClient | None = None
         self._route: tuple[HostPort, ...] | None = None
         self._tls_mode = ""
-        self._proxy_protocol = "none"
+        self._proxy_protocol = ""
 
     def drop(self) -> None:
         """Leave the current backend connection (politely if it is idle)."""
@@ -119,10 +107,8 @@ class BackendLeg:
         rcpt_command = b"RCPT TO:" + path + (b" " + params if params else b"")
         try:
             if tx.backend_mail is None:
-                mode = decision.backend_tls or self._settings.backend_tls
-                self._proxy_protocol = (
-                    decision.backend_proxy_protocol or self._settings.backend_proxy_protocol
-                )
+                mode = self._settings.backend.tls_mode(decision.backend_tls)
+                self._proxy_protocol = decision.backend_proxy_protocol
                 backend = await self.backend_for(decision.backends, mode)
                 tx.route = decision.backends
                 tx.record.backend = backend.info.address
@@ -180,7 +166,7 @@ class BackendLeg:
                 return R_BACKEND_LOST
             return R_BACKEND_DOWN
 
-    async def backend_for(self, route: tuple[HostPort, ...], tls_mode: str) -> BackendClient:
+    async def backend_for(self, route: tuple[HostPort, ...], tls_mode: str) -> SMTPBackendClient:
         """The open backend connection for C{route}, or a new one: TLS, then XCLIENT.
 
         @param tls_mode: C{backend_tls} for this route (C{none}, C{opportunistic},
@@ -196,20 +182,20 @@ class BackendLeg:
             return self.backend
         self.drop()
         settings = self._settings
-        backend, address = await connect_backend(
+        facts = self._facts
+        client = ClientAddress(facts.ip, facts.port, facts.local_ip, facts.local_port)
+        backend, address = await connect_smtp_backend(
             self._reactor,
             route,
             settings.name,
-            settings.connect_timeout,
-            settings.backend_timeout,
-            implicit_tls=self._tls_creator if tls_mode == "implicit" else None,
-            preamble=self._proxy_preamble(),
+            settings.backend,
+            implicit_tls=settings.backend.implicit_tls(tls_mode),
+            preamble=settings.backend.proxy_preamble(client, self._proxy_protocol),
         )
         self.backend, self._route = backend, route
         self._tls_mode = tls_mode
         await self._hello(backend)
-        if tls_mode in ("opportunistic", "required"):
-            await self._secure(backend, address, tls_mode)
+        await self._secure(backend, address, tls_mode)
         self._submission.check_backend_login(backend.extensions, address)
         if settings.xclient and b"XCLIENT" in backend.extensions:
             commands = xclient_commands(
@@ -229,39 +215,24 @@ class BackendLeg:
         await self._log_in(backend, address)
         return backend
 
-    def _tls_creator(self, backend: HostPort) -> IOpenSSLClientConnectionCreator:
-        return backend_tls_for(self._settings, backend)
+    async def _secure(self, backend: SMTPBackendClient, address: HostPort, mode: str) -> None:
+        """STARTTLS to the backend as C{mode} says (L{starttls_to_backend}), then EHLO again
+        (RFC 3207 section 4.2); nothing but EHLO was sent before."""
 
-    def _proxy_preamble(self) -> bytes:
-        """The PROXY header for a new backend connection (C{backend_proxy_protocol}), or b""."""
-        version = self._proxy_protocol
-        if version not in ("v1", "v2"):
-            return b""
-        facts = self._facts
-        return encode_header(version, (facts.ip, facts.port), (facts.local_ip, facts.local_port))
+        async def upgrade(creator: IOpenSSLClientConnectionCreator) -> str | None:
+            reply = await backend.start_tls(creator)
+            if reply.code != 220:
+                return reply.summary()
+            await backend.handshake()
+            return None
 
-    async def _secure(self, backend: BackendClient, address: HostPort, mode: str) -> None:
-        """STARTTLS to the backend, verified, then EHLO again (RFC 3207 section 4.2).
+        offered = b"STARTTLS" in backend.extensions
+        if await starttls_to_backend(
+            mode, address, offered, upgrade, self._settings.backend.tls_for
+        ):
+            await self._hello(backend)
 
-        C{required}: no STARTTLS offered, a refusal or a failed handshake raise
-        L{BackendTLSError}, before anything but EHLO was sent. C{opportunistic}: a backend
-        that does not offer STARTTLS (or refuses it) is used in plaintext, but one whose
-        handshake fails is not: that connection is gone, and a retry in plaintext is what an
-        attacker breaking handshakes would want.
-        """
-        if b"STARTTLS" not in backend.extensions:
-            if mode == "required":
-                raise BackendTLSNotOffered(f"{address} does not offer STARTTLS")
-            return
-        reply = await backend.start_tls(self._tls_creator(address))
-        if reply.code != 220:
-            if mode == "required":
-                raise BackendTLSNotOffered(f"{address} refused STARTTLS: {reply.summary()}")
-            return
-        await backend.handshake()
-        await self._hello(backend)
-
-    async def _hello(self, backend: BackendClient) -> None:
+    async def _hello(self, backend: SMTPBackendClient) -> None:
         name = self._settings.name
         reply = await backend.command(b"EHLO " + name)
         if reply.code == 250:
@@ -285,7 +256,7 @@ class BackendLeg:
             *self._submission.xclient_attributes(),
         ]
 
-    async def _log_in(self, backend: BackendClient, address: HostPort) -> None:
+    async def _log_in(self, backend: SMTPBackendClient, address: HostPort) -> None:
         """C{backend_auth = "plain"}: log in at the backend as the router said.
 
         @raise BackendLoginRefused: no password to log in with, no AUTH offered, or not 235.
@@ -297,7 +268,7 @@ class BackendLeg:
         if reply.code != 235:
             raise BackendLoginRefused(f"{address} refused the login: {reply.summary()}")
 
-    async def relay_rset(self, backend: BackendClient) -> Reply:
+    async def relay_rset(self, backend: SMTPBackendClient) -> Reply:
         """RSET at the backend (the client reset a transaction the backend knows of)."""
         try:
             return await backend.command(b"RSET")

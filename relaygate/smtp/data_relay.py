@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from twisted.logger import Logger
 
-from relaygate.smtp.backend import BackendClient, BackendError
+from relaygate.backend.errors import BackendError
+from relaygate.smtp.backend import SMTPBackendClient
 from relaygate.smtp.client_input import BackendPauses, ReadPauses
 from relaygate.smtp.data import BodyFault, BodyScanner
 from relaygate.smtp.replies import R_BACKEND_LOST, R_BARE_NEWLINE, R_TOO_BIG, Reply
@@ -21,7 +22,7 @@ from relaygate.smtp.session_facts import Transaction
 
 
 async def open_message(
-    backend: BackendClient,
+    backend: SMTPBackendClient,
     transaction: Transaction,
     max_size: int,
     pauses: ReadPauses,
@@ -58,7 +59,7 @@ class MessageRelay:
 
     def __init__(
         self,
-        backend: BackendClient,
+        backend: SMTPBackendClient,
         transaction: Transaction,
         max_size: int,
         pauses: ReadPauses,
@@ -69,7 +70,7 @@ class MessageRelay:
         self.go_ahead = go_ahead
         """The backend's 354, for the client."""
         self.scanner = BodyScanner(max_size)
-        self.backend: BackendClient | None = backend
+        self.backend: SMTPBackendClient | None = backend
         self.transaction = transaction
         self._pauses = pauses
         self._drop_backend = drop_backend

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from relaygate.client_tls import AfterHandshake, ClientTLSGate
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.connect import set_no_delay
@@ -35,10 +36,11 @@ from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.policy import Limits, limits_for
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Router
-from relaygate.smtp.backend import CONNECTION_DONE, BackendClient, RelayTransport
+from relaygate.sasl import Credentials
+from relaygate.smtp.auth_replies import R_AUTH_REQUIRED
+from relaygate.smtp.backend import CONNECTION_DONE, RelayTransport, SMTPBackendClient
 from relaygate.smtp.backend_leg import BackendLeg
 from relaygate.smtp.client_input import InputRunner, LineError
-from relaygate.smtp.client_tls import ClientTLSGate, Verdict
 from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
 from relaygate.smtp.greeting import R_EARLY_TALKER, GreetingDelay
 from relaygate.smtp.operations import SMTPOperations
@@ -65,7 +67,6 @@ from relaygate.smtp.replies import (
     R_VRFY,
     Reply,
 )
-from relaygate.smtp.sasl import R_AUTH_REQUIRED, Credentials
 from relaygate.smtp.session_facts import (
     ClientFacts,
     Transaction,
@@ -74,8 +75,8 @@ from relaygate.smtp.session_facts import (
     size_param,
 )
 from relaygate.smtp.settings import SMTPSettings
+from relaygate.smtp.starttls import starttls_refusal
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
-from relaygate.tls.facts import CertificateProblem
 from relaygate.tls.server import ServerTLS
 
 _session_ids = itertools.count(1)
@@ -103,7 +104,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self._facts = ClientFacts()
         self._tx: Transaction | None = None
         self._tls = ClientTLSGate(
-            settings.tls_mode, settings.server_tls, reactor, lambda: self.session, self._abort
+            reactor, "smtp", settings.tls_mode, settings.server_tls, self._handshake_expired
         )
         self._session_timer: IDelayedCall | None = None
         self._greeting = GreetingDelay(reactor, settings.greeting_delay, self._greet)
@@ -134,7 +135,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         if self._tls.implicit:
             # The greeting waits for the handshake (handshakeCompleted): a client whose
             # certificate is refused gets nginx's reply instead of it.
-            self._tls.start_timer()
+            self._tls.await_handshake()
             self.setTimeout(self.timeout)
             return
         if delay:
@@ -173,7 +174,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         if self._session_timer is not None and self._session_timer.active():
             self._session_timer.cancel()
         self._greeting.stop()
-        self._tls.stop_timer()
+        self._tls.stop()
         if not self.session.end:
             self.session.end = (
                 "client closed"
@@ -239,29 +240,33 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
 
     # -- client TLS: the gate's I/O (STARTTLS, handshake, certificate refusal) ------------
 
-    def _abort(self) -> None:
+    def _handshake_expired(self) -> None:
         """The client did not finish its TLS handshake in time: no reply can reach it."""
+        self.session.end = "TLS handshake timeout"
+        self._log.info("closing {client}: TLS handshake timeout", client=self.session.client)
         self._phase.close()
         self.raw_transport.abortConnection()
 
     def handshakeCompleted(self) -> None:
         """TLS is up (implicit, or after STARTTLS): the gate checks the client certificate."""
         self._phase.tls_done()
-        verdict, result = self._tls.handshake_done(self.transport)
-        self._facts.tls = result.info
-        if verdict is Verdict.REFUSE:
-            assert result.problem is not None
-            self._refuse_certificate(result.problem)
-        elif verdict is Verdict.GREET:
+        after = self._tls.completed(self.transport, self.session.client)
+        self._facts.tls = self._tls.info
+        self.session.tls = self._tls.summary()
+        if after in (AfterHandshake.REFUSE, AfterHandshake.REFUSE_AT_NEXT_COMMAND):
+            self.session.end = f"client certificate: {self._tls.result.problem}"
+        if after is AfterHandshake.REFUSE:
+            self._refuse_certificate()
+        elif after is AfterHandshake.GREET:
             self.sendCode(220, self.greeting())
 
-    def _refuse_certificate(self, problem: CertificateProblem) -> None:
+    def _refuse_certificate(self) -> None:
         assert self.transport is not None
-        self.transport.write(self._tls.refusal(problem))
+        self.transport.write(self._tls.refusal())
         self._close()
 
     def ext_STARTTLS(self, rest: bytes) -> None:
-        refusal = self._tls.starttls_refusal(rest, self._phase.current is Phase.HANDSHAKE)
+        refusal = starttls_refusal(self._tls, rest)
         if refusal is not None:
             self._protocol_error(refusal)
             return
@@ -269,12 +274,6 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         # same read is plaintext that must not run as if it came over TLS. Drop it, and
         # forget everything the plaintext session said; the client must EHLO again.
         dropped = self._runner.queue.discard()
-        if dropped is not None:
-            self._log.info(
-                "{client} pipelined {count} bytes after STARTTLS: discarded",
-                client=self.session.client,
-                count=dropped,
-            )
         self._command_line = b""
         self._end_transaction("reset", "STARTTLS")
         self._leg.drop()
@@ -284,9 +283,8 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self._sync_mode()
         self.send_reply(R_READY_TLS)
         self._phase.tls_started()
-        self._tls.start_timer()
         assert self.transport is not None
-        self.transport.startTLS(self._tls.server_tls)  # type: ignore[attr-defined]
+        self._tls.start_tls(self.transport, dropped, self.session.client)
 
     # -- input --------------------------------------------------------------------------
 
@@ -316,9 +314,8 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
 
     @override
     def state_COMMAND(self, line: bytes) -> None:
-        problem = self._tls.certificate_problem
-        if problem is not None:
-            self._refuse_certificate(problem)
+        if self._tls.pending is not None:
+            self._refuse_certificate()
             return
         parts = line.strip().split(None, 1)
         if not parts or not parts[0].isalpha() or not parts[0].isascii():
@@ -375,7 +372,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self.session.helo = argument.decode("ascii")
         if extended:
             starttls = (b"STARTTLS",) if self._tls.offers_starttls() else ()
-            auth = self._submission.ehlo_keywords(self._facts, self._tls.tls_needed())
+            auth = self._submission.ehlo_keywords(self._facts, self._tls.required)
             self.send_reply(Reply(250, (self.host, *self._settings.extensions, *starttls, *auth)))
         else:
             self.send_reply(Reply(250, (self.host,)))
@@ -390,7 +387,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self.send_reply(R_HELP)
 
     def ext_AUTH(self, rest: bytes) -> None:
-        if self._tls.tls_needed():
+        if self._tls.required:
             self._protocol_error(R_NEED_STARTTLS)
             return
         self._apply(self._submission.auth_command(rest, self._facts, self._tx is not None))
@@ -448,7 +445,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
     # -- the transaction ---------------------------------------------------------------------
 
     def do_MAIL(self, rest: bytes) -> None:
-        if self._tls.tls_needed():
+        if self._tls.required:
             self._protocol_error(R_NEED_STARTTLS)
             return
         if self._facts.helo is None:
@@ -523,7 +520,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
             return
         self._runner.start(self._data(tx, backend))
 
-    async def _data(self, tx: Transaction, backend: BackendClient) -> Reply:
+    async def _data(self, tx: Transaction, backend: SMTPBackendClient) -> Reply:
         settings, pauses = self._settings, self._runner.pauses
         opened = await open_message(
             backend, tx, settings.max_message_size, pauses, self._leg.drop, self.session.client

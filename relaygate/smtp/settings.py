@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from relaygate.backend.policy import BackendPolicy
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.tls.server import ServerTLS
@@ -21,8 +22,6 @@ class SMTPSettings:
     listener: str
     idle_timeout: float
     session_timeout: float
-    connect_timeout: float
-    backend_timeout: float
     max_line_length: int
     max_errors: int
     max_recipients: int
@@ -31,15 +30,12 @@ class SMTPSettings:
     xclient: bool
     tls_mode: str = "none"
     server_tls: ServerTLS | None = field(default=None, compare=False)
-    backend_tls: str = "none"
-    backend_ca: str = ""
-    backend_certificate: str = ""
-    backend_key: str = ""
+    backend: BackendPolicy = field(default_factory=BackendPolicy)
+    """How backend connections are made and secured (C{backend_*} keys, timeouts)."""
     auth: tuple[str, ...] = ("none",)
     backend_auth: str = "none"
     max_auth_attempts: int = 3
     greeting_delay: float = 0.0
-    backend_proxy_protocol: str = "none"
 
     @classmethod
     def from_config(
@@ -59,8 +55,6 @@ class SMTPSettings:
             listener=str(listen.address),
             idle_timeout=config.server.idle_timeout,
             session_timeout=config.server.session_timeout,
-            connect_timeout=config.server.connect_timeout,
-            backend_timeout=smtp_config.backend_timeout,
             max_line_length=smtp_config.max_line_length,
             max_errors=smtp_config.max_errors,
             max_recipients=smtp_config.max_recipients,
@@ -69,13 +63,17 @@ class SMTPSettings:
             xclient=smtp_config.xclient,
             tls_mode=listen.tls,
             server_tls=server_tls,
-            backend_tls=smtp_config.backend_tls,
-            backend_ca=smtp_config.backend_ca,
-            backend_certificate=smtp_config.backend_certificate,
-            backend_key=smtp_config.backend_key,
+            backend=BackendPolicy(
+                tls=smtp_config.backend_tls,
+                ca=smtp_config.backend_ca,
+                certificate=smtp_config.backend_certificate,
+                key=smtp_config.backend_key,
+                proxy_protocol=smtp_config.backend_proxy_protocol,
+                connect_timeout=config.server.connect_timeout,
+                reply_timeout=smtp_config.backend_timeout,
+            ),
             auth=smtp_config.auth,
             backend_auth=smtp_config.backend_auth,
             max_auth_attempts=smtp_config.max_auth_attempts,
             greeting_delay=smtp_config.greeting_delay,
-            backend_proxy_protocol=smtp_config.backend_proxy_protocol,
         )

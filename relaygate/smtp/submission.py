@@ -22,14 +22,22 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from relaygate.addresses import HostPort
-from relaygate.login import make_salt, printable
+from relaygate.backend.errors import BackendError
 from relaygate.policy import Limits
 from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
-from relaygate.smtp.backend import BackendError
-from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE, Reply
-from relaygate.smtp.sasl import (
+from relaygate.sasl import (
     MAX_USER,
     MECHANISMS,
+    Challenge,
+    Credentials,
+    Failed,
+    SASLExchange,
+    Step,
+    make_salt,
+    mechanism_names,
+    parse_auth_command,
+)
+from relaygate.smtp.auth_replies import (
     R_AUTH_CANCELLED,
     R_AUTH_IN_TRANSACTION,
     R_AUTH_MALFORMED,
@@ -41,17 +49,13 @@ from relaygate.smtp.sasl import (
     R_AUTH_TOO_LONG,
     R_AUTH_TWICE,
     R_AUTH_UNKNOWN,
-    Challenge,
-    Credentials,
-    Failed,
-    SASLExchange,
-    Step,
-    mechanism_names,
-    parse_auth_command,
-    refusal,
+    auth_refusal,
+    challenge_reply,
 )
+from relaygate.smtp.replies import R_LINE_TOO_LONG, R_NOT_AVAILABLE, Reply
 from relaygate.smtp.session_facts import ClientFacts
 from relaygate.smtp.settings import SMTPSettings
+from relaygate.text import printable
 
 R_AUTH_BLOCKED = Reply(421, (b"4.7.0 Error: too many failed logins from your address",))
 
@@ -200,7 +204,7 @@ class Submission:
 
     def _step(self, step: Step) -> Outcome:
         if isinstance(step, Challenge):
-            return Answer(step.reply())
+            return Answer(challenge_reply(step))
         self._exchange = None
         if step is Failed.CANCELLED:
             return Answer(R_AUTH_CANCELLED)
@@ -280,7 +284,7 @@ class Submission:
             blocked = await limits.auth_failed(facts.ip)
         if decision.wait:
             await deferLater(self._clock, decision.wait)
-        reply = refusal(decision.message, decision.smtp_code)
+        reply = auth_refusal(decision.message, decision.smtp_code)
         if blocked or self._failures >= self._settings.max_auth_attempts:
             return Close(reply, "too many failed logins")
         return Answer(reply)
