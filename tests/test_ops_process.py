@@ -471,3 +471,39 @@ class HealthTests(TestCase):
         self.assertNotIn(b"unavailable", gateway.output)
         gateway.signal("TERM")
         self.assertEqual(await gateway.ended, 0)
+
+    async def test_refused_backend_marked_passively(self) -> None:
+        """A backend that refuses is avoided for passive_down seconds and shown as down."""
+        closed = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        refused = closed.getHost().port
+        await closed.stopListening()
+        backend = await start_backend(self)
+        config = (
+            '[server]\nname = "gw.test"\n'
+            '[metrics]\nlisten = "127.0.0.1:0"\n'
+            '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
+            f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{refused}", '
+            f'"127.0.0.1:{backend.port}"]\n'
+            "[smtp]\nxclient = false\n"
+        )
+        gateway, port = await start_gateway(self, write_config(self, config))
+        found = await gateway.wait_for(rb"Site starting on (\d+)")
+        base = f"http://127.0.0.1:{int(found.group(1))}"
+        for number in range(2):
+            client = await Client.connect(port)
+            await client.reply()
+            await client.command(b"EHLO c.test")
+            await client.command(b"MAIL FROM:<a@example.net>")
+            await client.command(b"RCPT TO:<b@example.org>")
+            await client.command(b"DATA")
+            self.assertEqual(await client.command(b"m%d\r\n." % number), b"250 2.0.0 Ok: queued")
+            await client.command(b"QUIT")
+        # The first message tried the refusing backend; the second went straight on.
+        self.assertEqual(gateway.output.count(b"127.0.0.1:%d unavailable" % refused), 1)
+        response = await treq.get(base + "/metrics", persistent=False)
+        text = await response.text()
+        self.assertIn(f'relaygate_backend_up{{backend="127.0.0.1:{refused}"}} 0.0', text)
+        self.assertIn("relaygate_backend_connect_duration_seconds_count 2.0", text)
+        self.assertIn('relaygate_recipients_total{result="accepted"} 2.0', text)
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)
