@@ -21,6 +21,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
@@ -507,3 +508,57 @@ class HealthTests(TestCase):
         self.assertIn('relaygate_recipients_total{result="accepted"} 2.0', text)
         gateway.signal("TERM")
         self.assertEqual(await gateway.ended, 0)
+
+
+class FakePOP3(LineOnlyReceiver):
+    """A POP3 backend that says +OK to everything (CAPA lists USER)."""
+
+    delimiter = b"\r\n"
+
+    @override
+    def connectionMade(self) -> None:
+        self.sendLine(b"+OK fake POP3 ready")
+
+    @override
+    def lineReceived(self, line: bytes) -> None:
+        if line.upper().startswith(b"CAPA"):
+            self.sendLine(b"+OK\r\nUSER\r\n.")
+        elif line.upper().startswith(b"QUIT"):
+            self.sendLine(b"+OK bye")
+            assert self.transport is not None
+            self.transport.loseConnection()
+        else:
+            self.sendLine(b"+OK")
+
+
+class SplicedDrainTests(TestCase):
+    """A spliced POP3 session runs on during the drain and is closed at drain_timeout."""
+
+    timeout = 120
+
+    async def test_spliced_session_cut_at_deadline(self) -> None:
+        """The session keeps working after SIGTERM, then gets -ERR at drain_timeout."""
+        backend_port = reactor.listenTCP(0, Factory.forProtocol(FakePOP3), interface="127.0.0.1")
+        self.addCleanup(backend_port.stopListening)
+        config = (
+            '[server]\nname = "gw.test"\ndrain_timeout = 1.0\n'
+            '[[listen]]\nprotocol = "pop3"\naddress = "127.0.0.1:0"\n'
+            f'[[route]]\nprotocol = "pop3"\nmatch = "*"\n'
+            f'backends = ["127.0.0.1:{backend_port.getHost().port}"]\n'
+            '[pop3]\nauth = ["user"]\nxclient = false\n'
+        )
+        gateway, port = await start_gateway(self, write_config(self, config))
+        client = await Client.connect(port)
+        self.assertTrue((await client.reader.read_line()).startswith(b"+OK"))
+        client.reader.send(b"USER alice@example.org")
+        self.assertTrue((await client.reader.read_line()).startswith(b"+OK"))
+        client.reader.send(b"PASS secret")
+        self.assertTrue((await client.reader.read_line()).startswith(b"+OK"))
+        mark = len(gateway.output)
+        gateway.signal("TERM")
+        await gateway.wait_for(rb"draining: stopped accepting, 1 session\(s\) open", mark)
+        client.reader.send(b"NOOP")
+        self.assertEqual(await client.reader.read_line(), b"+OK")
+        self.assertEqual(await client.reader.read_line(), b"-ERR Service shutting down")
+        self.assertEqual(await gateway.ended, 0)
+        self.assertIn(b"0 session(s) finished, 1 cut", gateway.output)
