@@ -1,1 +1,1 @@
-New `[server] access_log`: the SMTP access events as JSON lines in a file of their own, appended by every worker directly, instead of text lines in the twistd log.
+With `[log] access`, access events are built once and written as JSON lines by every worker directly, with no text rendering and no relay through the parent.

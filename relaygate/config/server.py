@@ -23,8 +23,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     connect_timeout: float = 10.0
     session_timeout: float = 3600.0
-    access_log: str = ""
-    """A JSON-lines file for the access events instead of the twistd log (docs/logging.md)."""
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,8 @@ class ListenConfig:
     proxy_protocol: bool = False
 
 
-def read_server(t: Table, base: str = ".") -> ServerConfig:
-    """Read C{[server]}; C{workers} may be a number or C{"auto"} (one per CPU).
-
-    @param base: the config file's directory, which a relative C{access_log} is under.
-    """
+def read_server(t: Table) -> ServerConfig:
+    """Read C{[server]}; C{workers} may be a number or C{"auto"} (one per CPU)."""
     workers_raw = t.data.get("workers", 1)
     t.used.add("workers")
     if workers_raw == "auto":
@@ -56,23 +52,12 @@ def read_server(t: Table, base: str = ".") -> ServerConfig:
         idle_timeout=t.number("idle_timeout", 300.0, minimum=0.001),
         connect_timeout=t.number("connect_timeout", 10.0, minimum=0.001),
         session_timeout=t.number("session_timeout", 3600.0, minimum=0.001),
-        access_log=_access_log_path(t, base),
+        drain_timeout=t.number("drain_timeout", 30.0),
     )
     if not server.name or any(c.isspace() for c in server.name):
         raise t.error("name", f"{server.name!r} is not a host name")
     t.finish()
     return server
-
-
-def _access_log_path(t: Table, base: str) -> str:
-    """C{access_log} made absolute; its directory must exist (the file is created if not)."""
-    value = t.string("access_log", "")
-    if not value:
-        return ""
-    full = os.path.normpath(os.path.join(base, value))
-    if not os.path.isdir(os.path.dirname(full)):
-        raise t.error("access_log", f"{value!r}: no such directory")
-    return full
 
 
 def read_listen(t: Table) -> ListenConfig:

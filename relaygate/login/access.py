@@ -23,7 +23,7 @@ def log_session(
 ) -> None:
     """Emit the session's access event: who, from where, to which backend, how it ended.
 
-    Like the SMTP events (L{publish}): to the global log, or to C{[server] access_log}.
+    Like the SMTP events (L{publish}): to the global log, or to the C{[log] access} file.
     """
     publish(
         "{protocol} session from {client} user {user!r} backend {backend}: {outcome}, "
