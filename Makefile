@@ -6,7 +6,7 @@ STAMP = $(VENV)/.installed
 
 .PHONY: run test check lint typecheck trial system-deps clean chaos fuzz
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml relaygate/smtp/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
 from relaygate.config.errors import ConfigError
@@ -60,4 +61,7 @@ def makeService(
         return pool_service(config, reactor)
     from relaygate.service import build_service
 
-    return build_service(config, reactor)
+    # SIGTERM drains and SIGHUP reloads; when done, the reactor stops and twistd exits. Every
+    # reactor provides IReactorCore; the tests' MemoryReactorClock does too.
+    core = cast(IReactorCore, reactor)
+    return build_service(config, reactor, stop=core.stop)

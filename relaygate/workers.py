@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -30,6 +31,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.stdio import StandardIO
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -44,11 +46,15 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
+from relaygate.config.errors import ConfigError
 from relaygate.config.load import load
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.ops.build import metrics_service
+from relaygate.ops.control import REPLY_KEY, ParentControl, WorkerControl
+from relaygate.ops.lifecycle import SignalHandlers
+from relaygate.ops.metrics import Metrics, parent_metrics, worker_ended
 from relaygate.reactor import IParentReactor, IWorkerReactor
-from relaygate.tls.reload import ReloadOnSIGHUP
 
 RESTART_DELAY = 1.0
 STOP_GRACE = 10.0
@@ -92,6 +98,9 @@ class _WorkerProcess(ProcessProtocol):
         self._partial = b""
         self.ended: Deferred[None] = Deferred()
         self.reason: Failure | None = None
+        self.pid = 0
+        self.retiring = False
+        """True once a reload replaced this worker: it drains and is not restarted."""
 
     @override
     def outReceived(self, data: bytes) -> None:
@@ -133,17 +142,25 @@ class WorkerPool(Service):
         self.workers: dict[int, tuple[_WorkerProcess, Any]] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self.started: dict[int, Deferred[int]] = {}
+        self.retiring: list[tuple[_WorkerProcess, Any]] = []
+        self.control = ParentControl(self._stdin_writers, reactor)
+        self.metrics: Metrics | None = None
+        self.metrics_dir: str | None = None
 
     @override
     def startService(self) -> None:
         super().startService()
         self._sockets = [(listen, bind_listener(listen.address)) for listen in self._config.listen]
+        for listen, address in self.addresses():
+            self._log.info(
+                "{protocol} listener on {address}", protocol=listen.protocol, address=str(address)
+            )
         for number in range(self._count):
             self._spawn(number)
 
     def signal_all(self, name: str) -> None:
         """Send signal C{name} (C{"HUP"}, C{"TERM"} ...) to every running worker."""
-        for _, transport in list(self.workers.values()):
+        for _, transport in [*self.workers.values(), *self.retiring]:
             try:
                 transport.signalProcess(name)
             except ProcessExitedAlready:  # ended meanwhile; processEnded follows
@@ -161,6 +178,9 @@ class WorkerPool(Service):
             result.append((listen, HostPort(host, port)))
         return result
 
+    def _stdin_writers(self) -> list[Callable[[bytes], None]]:
+        return [transport.write for _, transport in self.workers.values()]
+
     def _spawn(self, number: int) -> None:
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         args = [self._python, "-m", "relaygate.workers", "-c", self._config.path]
@@ -173,6 +193,7 @@ class WorkerPool(Service):
         transport = self._reactor.spawnProcess(
             process, self._python, args, env=dict(os.environ), childFDs=child_fds
         )
+        process.pid = transport.pid
         self.workers[number] = (process, transport)
         self._log.info("started worker {worker} (pid {pid})", worker=number, pid=transport.pid)
 
@@ -187,6 +208,9 @@ class WorkerPool(Service):
             self._log.warn("worker {worker} wrote {line!r}", worker=number, line=text)
             return
         event["worker"] = number
+        if event.get(REPLY_KEY):
+            self.control.reply_received(event)
+            return
         if event.get("relaygate_worker_ready"):
             ready = self.started.get(number)
             if ready is not None and not ready.called:
@@ -196,6 +220,11 @@ class WorkerPool(Service):
     def worker_ended(self, process: _WorkerProcess, reason: Failure) -> None:
         """A child exited: restart it unless the pool is stopping."""
         number = process.number
+        if self.metrics_dir is not None and process.pid:
+            worker_ended(process.pid, self.metrics_dir)
+        if process.retiring:
+            self.retiring = [item for item in self.retiring if item[0] is not process]
+            return
         if self.workers.get(number, (None,))[0] is process:
             del self.workers[number]
         if not self.running:
@@ -224,13 +253,18 @@ class WorkerPool(Service):
         self._restarts.clear()
         for _, sock in self._sockets:
             sock.close()
-        waits = [process.ended for process, _ in self.workers.values()]
+        waits = [process.ended for process, _ in [*self.workers.values(), *self.retiring]]
         self.signal_all("TERM")
-        killer = self._reactor.callLater(STOP_GRACE, self._kill_all)
+        # The workers drain first (up to drain_timeout); only then are they killed.
+        grace = self._config.server.drain_timeout + STOP_GRACE
+        killer = self._reactor.callLater(grace, self._kill_all)
 
         def all_ended(_: object) -> None:
             if killer.active():
                 killer.cancel()
+            if self.metrics_dir is not None:
+                # This run's metric files; the next run starts from an empty directory.
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
         done: Deferred[Any] = DeferredList(waits)
         done.addCallback(all_ended)
@@ -239,18 +273,108 @@ class WorkerPool(Service):
     def _kill_all(self) -> None:
         self.signal_all("KILL")
 
+    def reload(self) -> bool:
+        """SIGHUP: re-read the file; start new workers with it, then drain the old ones.
+
+        nginx's model: the new workers adopt the same listening sockets (and new ones for
+        listeners added to the file) before the old ones stop accepting, so no connection is
+        refused. An invalid file changes nothing.
+        """
+        try:
+            config = load(self._config.path)
+            kept = {str(listen.address): sock for listen, sock in self._sockets}
+            sockets = []
+            for listen in config.listen:
+                address = str(listen.address)
+                sock = kept.pop(address) if address in kept else bind_listener(listen.address)
+                sockets.append((listen, sock))
+        except (ConfigError, OSError) as e:
+            self._log.error(
+                "reload failed, keeping the running configuration: {error}", error=str(e)
+            )
+            if self.metrics is not None:
+                self.metrics.config_reload("failure")
+            return False
+        old = list(self.workers.values())
+        for process, _ in old:
+            process.retiring = True
+        self.retiring.extend(old)
+        self._config, self._sockets, self._count = config, sockets, config.server.workers
+        self.workers = {}
+        self.started = {}
+        for number in range(self._count):
+            self._spawn(number)
+        ready: Deferred[Any] = DeferredList(list(self.started.values()))
+        # The old workers stop accepting only once the new ones listen.
+        ready.addCallback(lambda _: self._retire(old, list(kept.values())))
+        if self.metrics is not None:
+            self.metrics.config_reload("success")
+        self._log.info(
+            "reloaded {path}: {count} new worker(s)", path=config.path, count=self._count
+        )
+        return True
+
+    def _retire(self, old: list[tuple[_WorkerProcess, Any]], closed: list[socket.socket]) -> None:
+        for sock in closed:
+            sock.close()
+        for process, transport in old:
+            if process.reason is None:
+                try:
+                    transport.signalProcess("TERM")
+                except Exception:  # ended meanwhile; processEnded follows
+                    pass
+
+    def pass_on(self, signum: int) -> None:
+        """Send signal number C{signum} to every worker (Twisted's C{signalProcess} knows only
+        a few signals by name)."""
+        for _, transport in [*self.workers.values(), *self.retiring]:
+            if transport.pid is not None:
+                try:
+                    os.kill(transport.pid, signum)
+                except ProcessLookupError:  # ended meanwhile; processEnded follows
+                    pass
+
+    def terminate(self) -> None:
+        """SIGTERM: stop (each worker drains); a second SIGTERM stops the workers at once."""
+        if self.running:
+            self._stop_reactor()
+        else:
+            self.signal_all("TERM")
+
+    def interrupt(self) -> None:
+        """SIGINT: the workers stop at once."""
+        self.signal_all("INT")
+        if self.running:
+            self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
+        core: Any = self._reactor
+        core.stop()
+
 
 def pool_service(config: Config, reactor: IParentReactor) -> MultiService:
-    """The parent's service tree: the worker pool, and the demo backend when configured."""
+    """The parent's service tree: the worker pool, the demo backend when configured, the
+    metrics listener (for the whole group), and the signals (SIGTERM drains the workers,
+    SIGHUP starts new workers on the new configuration)."""
     top = MultiService()
     if config.demo is not None:
         from relaygate.demo import demo_service
 
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
     pool = WorkerPool(config, config.server.workers, reactor)
+    if config.metrics.listen is not None:
+        pool.metrics_dir, pool.metrics, scrape = parent_metrics()
+        service = metrics_service(config, reactor, scrape, pool.control)
+        assert service is not None
+        service.setServiceParent(top)
     pool.setServiceParent(top)
-    # SIGHUP reloads certificates: the workers hold them, so the parent passes it on.
-    ReloadOnSIGHUP(lambda: pool.signal_all("HUP"), reactor).setServiceParent(top)
+    SignalHandlers(
+        reactor,
+        pool.terminate,
+        pool.interrupt,
+        pool.reload,
+        on_usr1=lambda: pool.pass_on(signal.SIGUSR1),
+    ).setServiceParent(top)
     return top
 
 
@@ -275,9 +399,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         jsonFileLogObserver(sys.stdout), [LogLevelFilterPredicate(LogLevel.info)]
     )
     globalLogBeginner.beginLoggingTo([to_parent], redirectStandardIO=False)
-    # The parent passes SIGHUP on for certificate reloads; without TLS there is nothing to
-    # reload, and SIGHUP's default action would end the worker.
+    # The parent reloads by starting new workers; SIGHUP's default action would end this one.
+    # SIGUSR1 reopens the access log ([log] access installs that); otherwise it must not end
+    # the worker either.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     config = load(args.config)
     adopted: dict[str, IStreamServerEndpoint] = {}
     for item in args.fd:
@@ -285,11 +411,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         fd = int(fd_text)
         family = socket.AF_INET6 if address.startswith("[") else socket.AF_INET
         adopted[address] = AdoptedEndpoint(reactor, fd, family)
-    service = build_service(config, reactor, adopted=adopted, with_demo=False)
+    # SIGTERM from the parent drains this worker, then stops it; the parent serves metrics.
+    service = build_service(
+        config,
+        reactor,
+        adopted=adopted,
+        with_demo=False,
+        stop=reactor.stop,
+        reloadable=False,
+        serve_metrics=False,
+    )
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    # SIGTERM from the parent: stop like twistd does.
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
+    # Requests for the sessions view come from the parent on stdin (relaygate.ops.control).
+    # (mypy reads the Windows StandardIO, which has no stdin/stdout arguments.)
+    StandardIO(  # type: ignore[call-arg]
+        WorkerControl(service.sessions, service.terminate),
+        stdin=0,
+        stdout=os.open(os.devnull, os.O_WRONLY),
+    )
     Logger(namespace="relaygate.workers").info(
         "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True
     )

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any, cast
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaygate import service as service_module
 from relaygate.config.errors import ConfigError
 from relaygate.config.model import Config
 from relaygate.imap import IMAPFrontFactory
+from relaygate.pop3 import POP3FrontFactory
 from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
-from relaygate.tls.reload import ReloadOnSIGHUP
 from tests.certs import make_pki
 from tests.fronts import (
     make_config,
@@ -49,16 +49,19 @@ class ConfigTests(SynchronousTestCase):
                 {"protocol": "pop3", "address": "127.0.0.1:1995", "tls": "implicit"},
             ]
         )
-        services = list(build_service(config, cast(IGatewayReactor, MemoryReactorClock())))
-        imap, pop3 = (s for s in services if isinstance(s, StreamServerEndpointService))
-        self.assertIsInstance(imap.factory, IMAPFrontFactory)
-        self.assertEqual(imap.factory.settings.tls_mode, "starttls")
-        self.assertEqual(pop3.factory.settings.tls_mode, "implicit")
-        imap_tls = imap.factory.settings.server_tls
-        pop3_tls = pop3.factory.settings.server_tls
+        gateway = build_service(config, cast(IGatewayReactor, MemoryReactorClock()))
+        imap, pop3 = (
+            cast(Any, item.switch.wrapped_factory).wrapped_factory
+            for item in gateway.listeners.values()
+        )
+        assert isinstance(imap, IMAPFrontFactory) and isinstance(pop3, POP3FrontFactory)
+        self.assertEqual(imap.settings.tls_mode, "starttls")
+        self.assertEqual(pop3.settings.tls_mode, "implicit")
+        imap_tls = imap.settings.server_tls
+        pop3_tls = pop3.settings.server_tls
         assert imap_tls is not None and pop3_tls is not None
         self.assertEqual((imap_tls.protocol, pop3_tls.protocol), ("imap", "pop3"))
-        # SIGHUP reloads exactly the creators the fronts were given.
+        # SIGHUP re-reads the file and reloads the creators of the listeners it keeps.
         reloaded: list[str] = []
         for server_tls in (imap_tls, pop3_tls):
 
@@ -67,8 +70,8 @@ class ConfigTests(SynchronousTestCase):
                 return True
 
             self.patch(server_tls, "reload", reload)
-        (sighup,) = (s for s in services if isinstance(s, ReloadOnSIGHUP))
-        sighup._reload_now()
+        self.patch(service_module, "load", lambda path: config)
+        self.assertTrue(gateway.reload())
         self.assertEqual(reloaded, ["imap", "pop3"])
 
     def test_backend_tls_keys(self) -> None:

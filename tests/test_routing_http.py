@@ -21,7 +21,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import URI, Agent, HTTPConnectionPool
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
@@ -826,6 +826,47 @@ class AnswerTests(SynchronousTestCase):
         agent.flush()
         self.failureResultOf(d, RouterUnavailable)
         self.assertEqual(len(resource.headers), 1)
+
+
+class ProgrammingErrorTests(SynchronousTestCase):
+    """A bug under the lookup is logged with its traceback and is not a reason to fail over."""
+
+    def test_bug_is_logged_and_not_failed_over(self) -> None:
+        """An unexpected exception gives RouterUnavailable at once, logged as a failure."""
+        asked: list[bytes] = []
+
+        @implementer(IAgent)
+        class _BuggyAgent:
+            def request(self, method: bytes, uri: bytes, *args: object) -> Deferred[IResponse]:
+                asked.append(uri)
+                raise ZeroDivisionError("a bug")
+
+        router = HTTPRouter(
+            AuthConfig(http=(URL, "http://auth2.example/auth")),
+            HTTPClient(_BuggyAgent()),
+            Clock(),
+        )
+        with _router_events() as events:
+            d = router.lookup(SMTP_REQUEST)
+        self.failureResultOf(d, RouterUnavailable)
+        self.assertEqual(asked, [URL.encode("ascii")])
+        [event] = events
+        self.assertEqual(event["log_level"], LogLevel.critical)
+        self.assertEqual(event["url"], URL)
+        self.assertIsInstance(event["log_failure"].value, ZeroDivisionError)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_transport_error_still_fails_over(self) -> None:
+        """A connection lost before the answer is the service's fault: the next URL is asked."""
+        wire = _Wire(urls=(URL, "http://auth2.example:8081/auth"))
+        with _router_events() as events:
+            d = wire.router.lookup(IMAP_REQUEST)
+            first, _ = wire.connect(0)
+            first.connectionLost(Failure(ConnectionDone()))
+            second, _ = wire.connect(1)
+            second.dataReceived(OK_RESPONSE)
+        self.assertIsInstance(self.successResultOf(d), Accept)
+        self.assertEqual([e["problem"] for e in events], ["bad-response"])
 
 
 class IntegrationTests(TestCase):

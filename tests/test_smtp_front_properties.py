@@ -574,12 +574,10 @@ class FrontPropertyTests(SynchronousTestCase):
     ) -> None:
         """One read or many: the same replies, the same bytes at each backend.
 
-        With a size limit no body reaches: on the current scanner a body's verdict still
-        depends on its reads (a body of exactly the limit whose dot comes in the next read is
-        552; one too big with a bare LF is 552 or 550 5.6.11 by where the reads fall; issue
-        #11 defect 3). Lower C{max_size} here to C{MAX_SIZE} once the scanner is fixed.
+        With C{MAX_SIZE}, which the generated bodies reach and pass, a body's verdict (fits,
+        552 too big, 550 5.6.11 bare CR/LF) must not depend on where its reads fall either.
         """
-        kwargs: dict[str, Any] = {"pipelining": pipelining, "ending": ending, "max_size": 10**6}
+        kwargs: dict[str, Any] = {"pipelining": pipelining, "ending": ending, "max_size": MAX_SIZE}
         whole = self.run_session(stream, [(stream, True)], **kwargs)[1]
         cut = self.run_session(stream, data.draw(_reads(stream)), **kwargs)[1]
         self.assertEqual(cut, whole)

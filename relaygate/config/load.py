@@ -17,6 +17,7 @@ from relaygate.config.errors import ConfigError
 from relaygate.config.limits import read_limits, read_realip
 from relaygate.config.login import read_imap, read_pop3
 from relaygate.config.model import Config
+from relaygate.config.ops import read_health, read_log, read_metrics
 from relaygate.config.routes import read_route
 from relaygate.config.server import read_listen, read_server
 from relaygate.config.smtp import read_smtp
@@ -49,6 +50,9 @@ def parse(data: dict[str, Any], path: str) -> Config:
         pop3=read_pop3(root.table("pop3"), base),
         realip=read_realip(root.table("realip")),
         limits=read_limits(root.table("limits")),
+        metrics=read_metrics(root.table("metrics")),
+        health=read_health(root.table("health"), "health" in data),
+        log=read_log(root.table("log"), base),
     )
     root.finish()
     _check_consistency(root, config)

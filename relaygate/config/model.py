@@ -8,6 +8,7 @@ from relaygate.config.auth import AuthConfig
 from relaygate.config.demo import DemoConfig
 from relaygate.config.limits import LimitsConfig, RealIPConfig
 from relaygate.config.login import IMAPConfig, POP3Config
+from relaygate.config.ops import HealthConfig, LogConfig, MetricsConfig
 from relaygate.config.routes import RouteConfig
 from relaygate.config.server import ListenConfig, ServerConfig
 from relaygate.config.smtp import SMTPConfig
@@ -31,3 +32,6 @@ class Config:
     pop3: POP3Config = POP3Config()  # noqa: RUF009
     realip: RealIPConfig = RealIPConfig()  # noqa: RUF009
     limits: LimitsConfig = LimitsConfig()  # noqa: RUF009
+    metrics: MetricsConfig = MetricsConfig()  # noqa: RUF009
+    health: HealthConfig = HealthConfig()  # noqa: RUF009
+    log: LogConfig = LogConfig()  # noqa: RUF009

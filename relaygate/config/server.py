@@ -23,6 +23,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     connect_timeout: float = 10.0
     session_timeout: float = 3600.0
+    drain_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def read_server(t: Table) -> ServerConfig:
         idle_timeout=t.number("idle_timeout", 300.0, minimum=0.001),
         connect_timeout=t.number("connect_timeout", 10.0, minimum=0.001),
         session_timeout=t.number("session_timeout", 3600.0, minimum=0.001),
+        drain_timeout=t.number("drain_timeout", 30.0),
     )
     if not server.name or any(c.isspace() for c in server.name):
         raise t.error("name", f"{server.name!r} is not a host name")

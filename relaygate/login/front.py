@@ -52,6 +52,7 @@ from relaygate.login.flow import (
 )
 from relaygate.login.limits import auth_blocked, count_auth_failure
 from relaygate.login.line_client import LineBackendClient
+from relaygate.login.operations import LoginOperations
 from relaygate.login.phase import Event, LoginPhase, PhaseMachine
 from relaygate.login.settings import LoginSettings
 from relaygate.policy import TOO_MANY_AUTH_FAILURES, refusal
@@ -64,7 +65,7 @@ from relaygate.text import one_line
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
-class LoginFront(Protocol):
+class LoginFront(LoginOperations, Protocol):
     """The protocol-independent part of an IMAP or POP3 front, before and after login.
 
     Subclasses parse and answer commands in L{step}, call L{start_login} with the client's
@@ -579,7 +580,8 @@ class LoginFront(Protocol):
             outcome=self._outcome,
             from_client=from_client,
             from_backend=from_backend,
-            duration=self._clock.seconds() - self._started,
+            now=self._clock.seconds(),
+            started=self._started,
         )
 
 

@@ -17,31 +17,24 @@ from typing import Any, Final
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
-from treq.cookies import IndexableCookieJar
-from twisted.application.service import IService, Service
+from twisted.application.service import IService
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
-from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import (
-    IReactorPluggableNameResolver,
-    IReactorTCP,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
+from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web._newclient import RequestNotSent  # raised by Agent, not re-exported
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IResponse
 from typing_extensions import override
-from zope.interface import implementer
 
 from relaygate.addresses import HostPort
 from relaygate.config.auth import AuthConfig
-from relaygate.connect import client_endpoint
+from relaygate.routing.http_client import HTTPPoolService, new_auth_client
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
-from relaygate.tls.client import https_policy
 
 # nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
 _AUTH_METHODS: Final[dict[str, bytes]] = {
@@ -78,7 +71,17 @@ _MAX_BODY: Final = 64 * 1024
 _MAX_VALUE: Final = 4096
 _MAX_MESSAGE: Final = 1024
 _MAX_WAITS: Final = 10
-_MAX_IDLE_CONNECTIONS: Final = 128
+# What a broken, closed or unreachable service (or a TLS failure under it) raises: the next URL
+# may do better. Anything else is a bug here, and asking another URL would only repeat it.
+_TRANSPORT_ERRORS: Final = (
+    ResponseFailed,
+    ResponseNeverReceived,
+    RequestTransmissionFailed,
+    RequestNotSent,
+    ConnectionClosed,
+    DNSLookupError,
+    OSError,
+)
 
 
 def escape_auth_value(value: bytes) -> bytes:
@@ -373,7 +376,7 @@ class HTTPRouter:
                     problem="unreachable",
                 )
                 continue
-            except Exception as e:
+            except _TRANSPORT_ERRORS as e:
                 self._log.emit(
                     level,
                     "auth_http {url} sent no valid HTTP response: {error!r}",
@@ -382,6 +385,11 @@ class HTTPRouter:
                     problem="bad-response",
                 )
                 continue
+            except Exception:
+                # A bug: log it with its traceback and give the client the temporary failure,
+                # without trying the next URL, which would run the same code.
+                self._log.failure("auth_http lookup at {url} failed", url=target.text)
+                raise RouterUnavailable("auth_http: internal error") from None
             if response.code >= 500:
                 self._log.emit(
                     level,
@@ -520,76 +528,10 @@ def _describe(error: Exception) -> str:
     return repr(error)
 
 
-class _AgentReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver):
-    """What L{Agent} needs from a reactor, for the type checker (as treq's C{_ITreqReactor})."""
-
-
-class _NoCookies(IndexableCookieJar):
-    """A cookie jar that neither sends nor keeps cookies.
-
-    nginx keeps no cookies between auth requests, and skipping the jar's policy checks saves work
-    on every lookup.
-    """
-
-    @override
-    def add_cookie_header(self, request: Any) -> None:
-        pass
-
-    @override
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        pass
-
-
-class HTTPPoolService(Service):
-    """Owns the router's persistent HTTP connection pool and closes it when the service stops."""
-
-    def __init__(self, pool: HTTPConnectionPool) -> None:
-        self.pool = pool
-
-    @override
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        closed: Deferred[None] = self.pool.closeCachedConnections()
-        return closed
-
-
-@implementer(IAgentEndpointFactory)
-class _AuthEndpoints:
-    """Client endpoints for auth URLs: an IP literal is connected to directly.
-
-    Agent's own endpoints are L{HostnameEndpoint}s, which resolve even an IP literal through
-    getaddrinfo in the reactor's thread pool: a thread round trip for every new pooled
-    connection, and auth services are usually named by IP.
-    """
-
-    def __init__(self, reactor: Any, policy: IPolicyForHTTPS, timeout: float) -> None:
-        self._reactor = reactor
-        self._policy = policy
-        self._timeout = timeout
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        """A TCP (or, for C{https}, TLS) endpoint for C{uri}'s host and port."""
-        host = uri.host.decode("idna").strip("[]")
-        tls = self._policy.creatorForNetloc(uri.host, uri.port) if uri.scheme == b"https" else None
-        return client_endpoint(self._reactor, HostPort(host, uri.port), self._timeout, tls)
-
-
 def new_http_router(config: AuthConfig, reactor: Any) -> tuple[HTTPRouter, IService]:
-    """Build the router on C{reactor} with a keep-alive pool, and the service owning the pool.
-
-    C{https://} services are verified against C{[auth] ca} (L{https_policy}).
-    """
-    typed_reactor: _AgentReactor = reactor
-    pool = HTTPConnectionPool(typed_reactor, persistent=True)
-    # Keep enough idle connections for a burst of concurrent lookups; more are closed after use.
-    pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS
-    agent = Agent.usingEndpointFactory(
-        typed_reactor,
-        _AuthEndpoints(reactor, https_policy(config.ca), config.timeout),
-        pool=pool,
-    )
-    client = HTTPClient(agent, cookiejar=_NoCookies())
-    return HTTPRouter(config, client, typed_reactor), HTTPPoolService(pool)
+    """Build the router on C{reactor} with a keep-alive pool, and the service owning the pool."""
+    client, pool_service = new_auth_client(config, reactor)
+    return HTTPRouter(config, client, reactor), pool_service
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from service_identity import VerificationError
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
@@ -71,11 +72,17 @@ class SMTPBackendClient(smtp.ESMTPClient):
 
     _log = Logger()
     debug = False
+    # ESMTPClient.__setattr__ only warns about the deprecated tlsMode, which nothing here sets;
+    # LineReceiver and SMTPClient write attributes on every line, so skip that Python call.
+    __setattr__ = object.__setattr__
 
     def __init__(self, identity: bytes, clock: IReactorTime, reply_timeout: float) -> None:
         super().__init__(secret=None, identity=identity)
-        self.callLater = clock.callLater  # type: ignore[method-assign,assignment]
+        self._clock = clock
         self._reply_timeout = reply_timeout
+        # One timer per connection (see setTimeout): when the reply is due, or None.
+        self._deadline: float | None = None
+        self._timer: IDelayedCall | None = None
         self._waiters: deque[Deferred[Reply]] = deque()
         self._lost: Failure | None = None
         self.greeting: Deferred[Reply] = Deferred()
@@ -224,8 +231,44 @@ class SMTPBackendClient(smtp.ESMTPClient):
         self.sendError(BackendLost("timed out waiting for the backend's reply"))
 
     @override
+    def setTimeout(self, period: float | None) -> None:  # type: ignore[override]
+        """Expect a reply within C{period} seconds (None: nothing is awaited).
+
+        TimeoutMixin makes a new DelayedCall for each command and cancels it at each reply;
+        here one timer per connection stays armed, and only the deadline moves. When the timer
+        fires early it re-arms itself for what is left.
+        """
+        if period is None:
+            self._deadline = None
+            return
+        self._deadline = self._clock.seconds() + period
+        if self._timer is None:
+            self._timer = self._clock.callLater(period, self._timer_fired)
+
+    @override
+    def resetTimeout(self) -> None:
+        """The backend said something: a pending reply's time starts again (TimeoutMixin's)."""
+        if self._deadline is not None:
+            self._deadline = self._clock.seconds() + self._reply_timeout
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        left = self._deadline - self._clock.seconds()
+        if left > 0:
+            self._timer = self._clock.callLater(left, self._timer_fired)
+        else:
+            self._deadline = None
+            self.timeoutConnection()
+
+    @override
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         super().connectionLost(reason)
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._fail_all(reason)
 
     def _fail_all(self, reason: Failure) -> None:

@@ -20,6 +20,7 @@ from relaygate.smtp.client_input import BackendPauses, ReadPauses
 from relaygate.smtp.data import BodyFault, BodyScanner
 from relaygate.smtp.replies import R_BACKEND_LOST, R_BARE_NEWLINE, R_TOO_BIG, Reply
 from relaygate.smtp.session_facts import Transaction
+from relaygate.write_now import write_now
 
 
 async def open_message(
@@ -102,8 +103,7 @@ class MessageRelay:
                 self.abort()
                 self._drop_backend()
             else:
-                assert backend.transport is not None
-                backend.transport.write(chunk.body)
+                write_now(backend.transport, chunk.body)
         if chunk.rest is None:
             return None
         if self.backend is not None:

@@ -43,6 +43,7 @@ from relaygate.smtp.backend_leg import BackendLeg
 from relaygate.smtp.client_input import InputRunner, LineError
 from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
 from relaygate.smtp.greeting import R_EARLY_TALKER, GreetingDelay
+from relaygate.smtp.operations import SMTPOperations
 from relaygate.smtp.phase import Phase, SessionPhase
 from relaygate.smtp.replies import (
     R_BAD_CHARS,
@@ -82,7 +83,7 @@ _session_ids = itertools.count(1)
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
-class SMTPFront(smtp.ESMTP):
+class SMTPFront(SMTPOperations, smtp.ESMTP):
     """One client session: answers SMTP itself until a RCPT is routed, then relays."""
 
     _log = Logger()
