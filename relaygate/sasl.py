@@ -82,13 +82,18 @@ Step = Challenge | Credentials | Failed
 
 
 def decode(line: bytes) -> bytes | None:
-    """A client's base64 response, strictly decoded; C{None} when it is not base64."""
+    """A client's base64 response, strictly decoded; C{None} when it is not base64.
+
+    Strict means canonical too (RFC 4648 section 3.5): C{/AB=} has pad bits set and would
+    decode to the same bytes as C{/AA=}, so one response would have two spellings.
+    """
     if line == _EMPTY:
         return b""
     try:
-        return base64.b64decode(line, validate=True)
+        decoded = base64.b64decode(line, validate=True)
     except (binascii.Error, ValueError):
         return None
+    return decoded if base64.b64encode(decoded) == line else None
 
 
 def usable(value: bytes, limit: int = MAX_USER) -> bool:

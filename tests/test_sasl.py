@@ -70,6 +70,11 @@ class HelperTests(SynchronousTestCase):
         self.assertIsNone(decode(b"Ym9i!"))
         self.assertIsNone(decode(b"Ym9"))
 
+    def test_decode_refuses_pad_bits(self) -> None:
+        """Non-canonical base64 (pad bits set: C{/AB=} for C{/AA=}) is not decoded."""
+        self.assertEqual(decode(b"/AA="), b"\xfc\x00")
+        self.assertIsNone(decode(b"/AB="))
+
     def test_usable(self) -> None:
         """NUL, CR and LF are never usable; length is checked against the limit."""
         self.assertTrue(usable(b"bob"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from relaygate.backend.errors import BackendError
@@ -37,6 +38,11 @@ async def open_message(
     except BackendError:
         drop_backend()
         return "failed", R_BACKEND_LOST
+    except CancelledError:
+        # The client left while DATA waited: the backend may be reading a body already, where
+        # a polite QUIT would be message text (and its reply would never come). Cut it off.
+        backend.abort()
+        raise
     if reply.code != 354:
         return "refused", reply
     relay = MessageRelay(backend, transaction, max_size, pauses, drop_backend, client, reply)
