@@ -20,12 +20,7 @@ PACKAGE_DIRECTORY: Final = Path(relaygate.__file__).parent
 
 MAX_LINES: Final = 600
 
-KNOWN_OVERSIZE: Final[frozenset[str]] = frozenset(
-    {
-        # Being changed in parallel (connection pooling); remove once it is back under the limit.
-        "relaygate.routing.http",
-    }
-)
+KNOWN_OVERSIZE: Final[frozenset[str]] = frozenset()
 """Modules allowed over L{MAX_LINES} for now."""
 
 KNOWN_CYCLES: Final[frozenset[frozenset[str]]] = frozenset()
