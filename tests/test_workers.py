@@ -14,14 +14,37 @@ from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import EventLoggingObserver
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, capturedLogs, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, capturedLogs, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import provider
 
 from relaygate.addresses import HostPort
 from relaygate.config.load import load
 from relaygate.demo import DemoFactory
 from relaygate.reactor import IParentReactor
 from relaygate.workers import WorkerPool, bind_listener
+
+
+def transactions_logged(count: int) -> Deferred[None]:
+    """Fires once C{count} SMTP transaction events have reached this (the parent) process.
+
+    A worker relays its events over a pipe, so the event can arrive after the client has its
+    reply: waiting for it (rather than reading the log at once) keeps the test free of that race.
+    """
+    seen: Deferred[None] = Deferred()
+    transactions = 0
+
+    @provider(ILogObserver)
+    def observe(event: dict[str, Any]) -> None:
+        nonlocal transactions
+        if event.get("kind") == "smtp.transaction":
+            transactions += 1
+            if transactions == count:
+                globalLogPublisher.removeObserver(observe)
+                seen.callback(None)
+
+    globalLogPublisher.addObserver(observe)
+    return seen
 
 
 class BindTests(SynchronousTestCase):
@@ -124,8 +147,11 @@ class WorkerPoolTests(TestCase):
         [(_, address)] = pool.addresses()
         await DeferredList([pool.started[0], pool.started[1]], fireOnOneErrback=True)
 
+        first = transactions_logged(1)
         refused = await deferToThread(send_one, address.port, "one@example.org")
         self.assertEqual(refused, {})
+        # The worker must have told the parent before it is killed.
+        await first.addTimeout(10, reactor)
 
         process, transport = pool.workers[0]
         old_pid = transport.pid
@@ -133,8 +159,10 @@ class WorkerPoolTests(TestCase):
         await process.ended
         await pool.started[0]
         self.assertNotEqual(pool.workers[0][1].pid, old_pid)
+        second = transactions_logged(1)
         refused = await deferToThread(send_one, address.port, "two@example.org")
         self.assertEqual(refused, {})
+        await second.addTimeout(10, reactor)
         self.assertEqual(len(os.listdir(os.path.join(store, "new"))), 2)
 
         transactions = [e for e in events if e.get("kind") == "smtp.transaction"]
