@@ -425,11 +425,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     # Requests for the sessions view come from the parent on stdin (relaygate.ops.control).
     # (mypy reads the Windows StandardIO, which has no stdin/stdout arguments.)
+    control = WorkerControl(service.sessions, service.terminate)
     StandardIO(  # type: ignore[call-arg]
-        WorkerControl(service.sessions, service.terminate),
+        control,
         stdin=0,
         stdout=os.open(os.devnull, os.O_WRONLY),
     )
+    # The reactor closes stdin as it stops: that is no sign of the parent's death.
+    reactor.addSystemEventTrigger("before", "shutdown", control.stopping)
     Logger(namespace="relaygate.workers").info(
         "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True
     )

@@ -97,3 +97,13 @@ class ParentGoneTests(SynchronousTestCase):
         with capturedLogs():
             control.connectionLost()
         self.assertEqual(stopped, [True])
+
+    def test_own_stop_is_not_the_parent_gone(self) -> None:
+        """Once the worker stops on its own, the end of stdin neither stops nor warns again."""
+        stopped: list[bool] = []
+        control = WorkerControl(SessionRegistry(Clock()), lambda: stopped.append(True))
+        control.stopping()
+        with capturedLogs() as events:
+            control.connectionLost()
+        self.assertEqual(stopped, [])
+        self.assertEqual(events, [])

@@ -43,6 +43,10 @@ class WorkerControl(LineOnlyReceiver):
         self._sessions = sessions
         self._parent_gone = parent_gone
 
+    def stopping(self) -> None:
+        """The worker is stopping on its own: the end of stdin that follows is not news."""
+        self._parent_gone = None
+
     @override
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         # Our stdin is the parent's pipe: its end means the parent is gone (even SIGKILLed),
