@@ -65,7 +65,7 @@ def _smtp_factory(
     reactor: IGatewayReactor,
     server_tls: ServerTLS | None,
 ) -> Factory:
-    from relaygate.smtp.front import SMTPFrontFactory
+    from relaygate.smtp.factory import SMTPFrontFactory
 
     return SMTPFrontFactory(config, listen, router, reactor, server_tls=server_tls)
 

@@ -51,7 +51,7 @@ from relaygate.config.load import parse
 from relaygate.config.model import Config
 from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
-from relaygate.smtp.front import SMTPFrontFactory
+from relaygate.smtp.factory import SMTPFrontFactory
 
 reactor: Any = _global_reactor
 

@@ -15,7 +15,8 @@ from relaygate.config.load import parse
 from relaygate.listeners import new_server_tls
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Decision
-from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
+from relaygate.smtp.factory import SMTPFrontFactory
+from relaygate.smtp.front import SMTPFront
 
 BACKEND = HostPort("127.0.0.1", 2500)
 OTHER_BACKEND = HostPort("127.0.0.1", 2501)
@@ -87,6 +88,7 @@ class FrontHarness:
             peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 2525)
         )
         self.front.makeConnection(self.client)
+        self.factory = factory
         self.backends: list[BackendEnd] = []
 
     def send(self, data: bytes) -> None:

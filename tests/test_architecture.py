@@ -166,7 +166,7 @@ class ImportGraphTests(SynchronousTestCase):
         """Imports inside functions and under TYPE_CHECKING are edges of the graph."""
         graph = import_graph()
         # service.build_service imports the fronts inside the function.
-        self.assertIn("relaygate.smtp.front", graph["relaygate.service"])
+        self.assertIn("relaygate.smtp.factory", graph["relaygate.service"])
         # tls.server names TLSConfig under TYPE_CHECKING only.
         self.assertIn("relaygate.config.tls", graph["relaygate.tls.server"])
 

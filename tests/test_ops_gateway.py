@@ -17,7 +17,7 @@ from relaygate.ops.wrapper import OpsFactory
 from relaygate.policy import LimitedFactory
 from relaygate.reactor import IGatewayReactor
 from relaygate.service import build_service
-from relaygate.smtp.front import SMTPFrontFactory
+from relaygate.smtp.factory import SMTPFrontFactory
 from tests.certs import make_pki
 from tests.test_ops_sessions import FakeHooks
 

@@ -24,7 +24,7 @@ from relaygate.smtp.client_input import (
     LineError,
     ReadPauses,
 )
-from relaygate.smtp.front import SMTPFrontFactory
+from relaygate.smtp.factory import SMTPFrontFactory
 from relaygate.smtp.phase import SessionPhase
 from relaygate.smtp.replies import R_HELP, R_INTERNAL, R_OK, Reply
 from tests.certs import make_pki

@@ -36,7 +36,8 @@ from relaygate.listeners import new_server_tls
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, Refuse
 from relaygate.smtp.client_input import LineError
-from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
+from relaygate.smtp.factory import SMTPFrontFactory
+from relaygate.smtp.front import SMTPFront
 from relaygate.smtp.settings import SMTPSettings
 from tests import properties  # noqa: F401 (loads the Hypothesis profile)
 from tests.smtp_harness import OTHER_BACKEND, FakeRouter, FrontHarness, make_config

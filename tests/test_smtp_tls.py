@@ -37,7 +37,8 @@ from relaygate.config.tls import TLSConfig
 from relaygate.listeners import new_server_tls
 from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.backend import SMTPBackendClient
-from relaygate.smtp.front import SMTPFront, SMTPFrontFactory
+from relaygate.smtp.factory import SMTPFrontFactory
+from relaygate.smtp.front import SMTPFront
 from relaygate.tls.server import ServerTLS
 from tests.authservice import ok_to, start_auth_service
 from tests.certs import PKI, Issued, issue, make_pki

@@ -37,6 +37,8 @@ class SMTPConfig:
     backend_auth: str = "xclient"
     max_auth_attempts: int = 3
     backend_proxy_protocol: str = "none"
+    backend_connection_cache: float = 2.0
+    backend_connection_reuse: float = 300.0
 
 
 def read_smtp(t: Table, base: str) -> SMTPConfig:
@@ -58,6 +60,8 @@ def read_smtp(t: Table, base: str) -> SMTPConfig:
         backend_auth=t.choice("backend_auth", SMTP_BACKEND_AUTH_MODES, "xclient"),
         max_auth_attempts=t.integer("max_auth_attempts", 3, minimum=1),
         backend_proxy_protocol=t.choice("backend_proxy_protocol", PROXY_PROTOCOL_VERSIONS, "none"),
+        backend_connection_cache=t.number("backend_connection_cache", 2.0),
+        backend_connection_reuse=t.number("backend_connection_reuse", 300.0, minimum=0.001),
     )
     for extension in smtp.extensions:
         if extension not in KNOWN_SMTP_EXTENSIONS:

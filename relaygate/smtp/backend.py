@@ -91,6 +91,10 @@ class SMTPBackendClient(smtp.ESMTPClient):
         self.info = BackendInfo()
         self._starttls: tuple[Deferred[Reply], IOpenSSLClientConnectionCreator] | None = None
         self._handshake: Deferred[None] | None = None
+        self.connected_at = 0.0
+        self.address: HostPort | None = None
+        """The route entry this connection was made to (set by whoever connected it)."""
+        """When the connection was made (the clock's seconds): how old a kept one is."""
 
     @override
     def connectionMade(self) -> None:
@@ -98,6 +102,7 @@ class SMTPBackendClient(smtp.ESMTPClient):
         peer = self.transport.getPeer()
         self.info.address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         set_no_delay(self.transport)
+        self.connected_at = self._clock.seconds()
         # Every code is "expected": the front, not a state table, decides what a reply means.
         self._expected = range(0, 1000)  # type: ignore[assignment]
         self._okresponse = self._failresponse = self._reply_received
@@ -294,6 +299,16 @@ class SMTPBackendClient(smtp.ESMTPClient):
     def is_open(self) -> bool:
         """True while the connection can carry commands."""
         return self._lost is None
+
+    @property
+    def is_idle(self) -> bool:
+        """True when the connection is open and no reply, TLS start or handshake is awaited."""
+        return (
+            self._lost is None
+            and not self._waiters
+            and self._starttls is None
+            and self._handshake is None
+        )
 
     def close(self) -> None:
         """Say QUIT and close once the backend answers (or at once if it is gone)."""

@@ -7,6 +7,11 @@ a transaction opens (or reuses) the backend connection for its route: connect wi
 with a 4xx instead of any plaintext fallback), XCLIENT, and the login the submission side asks
 for. Then MAIL and RCPT go to the backend, pipelined when it offers PIPELINING. The
 connection machinery (policy, failover, STARTTLS rules) is L{relaygate.backend}'s.
+
+A connection that knows nothing of its client (no XCLIENT, PROXY header or backend login)
+is left in the listener's L{BackendPool} when its session ends idle and clean, and the next
+session on the same route starts from it; if it turns out to be gone at MAIL, that session
+connects anew once, which is safe because nothing was committed on the lost connection.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from relaygate.addresses import ClientAddress, HostPort
-from relaygate.backend.errors import BackendError, BackendTLSError, BackendTLSNotOffered
+from relaygate.backend.errors import (
+    BackendError,
+    BackendLost,
+    BackendTLSError,
+    BackendTLSNotOffered,
+)
 from relaygate.backend.negotiate import starttls_to_backend
 from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
 from relaygate.smtp.auth_replies import R_BACKEND_LOGIN, backend_plain
 from relaygate.smtp.backend import SMTPBackendClient, connect_smtp_backend
+from relaygate.smtp.backend_pool import BackendPool
 from relaygate.smtp.replies import (
     R_AUTH_SERVICE,
     R_BACKEND_DOWN,
@@ -50,16 +61,22 @@ class BackendLeg:
         reactor: IGatewayReactor,
         facts: ClientFacts,
         submission: Submission,
+        pool: BackendPool | None = None,
     ) -> None:
         self._settings = settings
         self._router = router
         self._reactor = reactor
         self._facts = facts
         self._submission = submission
+        self._pool = pool
         self.backend: SMTPBackendClient | None = None
         self._route: tuple[HostPort, ...] | None = None
         self._tls_mode = ""
         self._proxy_protocol = ""
+        self._shareable = False
+        """The current connection carries nothing of this client: it may serve another."""
+        self._kept = False
+        """The current connection came from the pool and has not answered this session yet."""
 
     def drop(self) -> None:
         """Leave the current backend connection (politely if it is idle)."""
@@ -67,6 +84,34 @@ class BackendLeg:
         self._route = None
         if backend is not None:
             backend.close()
+
+    def release(self) -> None:
+        """The session ends with no transaction open at the backend: keep the connection for
+        another session when it is shareable and idle, else leave it as L{drop} does."""
+        backend, route = self.backend, self._route
+        if (
+            backend is not None
+            and route is not None
+            and self._pool is not None
+            and self._shareable
+            and backend.is_idle
+            and self._pool.give((route, self._tls_mode), backend)
+        ):
+            self.backend = None
+            self._route = None
+            return
+        self.drop()
+
+    def _may_share(self) -> bool:
+        """Whether this session may use a connection another session made (and leave its own):
+        not when the backend is to learn who the client is from a PROXY header or a login."""
+        settings = self._settings
+        if settings.backend.proxy_protocol in ("v1", "v2") or self._proxy_protocol in (
+            "v1",
+            "v2",
+        ):
+            return False
+        return not (settings.backend_auth == "plain" and self._submission.login is not None)
 
     async def route_recipient(
         self, tx: Transaction, line: bytes, path: bytes, params: bytes
@@ -109,28 +154,27 @@ class BackendLeg:
             if tx.backend_mail is None:
                 mode = self._settings.backend.tls_mode(decision.backend_tls)
                 self._proxy_protocol = decision.backend_proxy_protocol
-                backend = await self.backend_for(decision.backends, mode)
-                tx.route = decision.backends
-                tx.record.backend = backend.info.address
-                tx.record.backend_tls = backend.info.tls
                 mail_command = b"MAIL FROM:" + tx.sender + (b" " + tx.params if tx.params else b"")
-                if b"PIPELINING" in backend.extensions:
-                    mail_reply, rcpt_reply = backend.commands([mail_command, rcpt_command])
-                    try:
-                        tx.backend_mail = await mail_reply
-                    except BaseException:
-                        # The RCPT's reply is never awaited now: the MAIL failed (so will it),
-                        # or the client left and the wait was cancelled (the backend may still
-                        # drop it). Consume it, or it is logged as an unhandled error.
-                        rcpt_reply.addErrback(lambda _: None)
+                backend = await self.backend_for(decision.backends, mode)
+                try:
+                    reply = await self._open_transaction(tx, backend, mail_command, rcpt_command)
+                except BackendLost as e:
+                    if not self._kept:
                         raise
-                    reply = await rcpt_reply
-                else:
-                    tx.backend_mail = await backend.command(mail_command)
-                    if not tx.backend_mail.ok:
-                        return tx.backend_mail
-                    reply = await backend.command(rcpt_command)
-                return reply if tx.backend_mail.ok else tx.backend_mail
+                    # A kept connection the backend closed while it waited: nothing was
+                    # committed on it, so this transaction starts again on a new one.
+                    self._log.info(
+                        "kept connection to {backend} was gone ({error}); connecting anew",
+                        backend=backend.info.address,
+                        error=str(e),
+                    )
+                    self._kept = False
+                    self.drop()
+                    tx.backend_mail = None
+                    backend = await self.backend_for(decision.backends, mode, kept=False)
+                    reply = await self._open_transaction(tx, backend, mail_command, rcpt_command)
+                self._kept = False
+                return reply
             if not tx.backend_mail.ok:
                 return tx.backend_mail
             assert self.backend is not None
@@ -166,11 +210,41 @@ class BackendLeg:
                 return R_BACKEND_LOST
             return R_BACKEND_DOWN
 
-    async def backend_for(self, route: tuple[HostPort, ...], tls_mode: str) -> SMTPBackendClient:
-        """The open backend connection for C{route}, or a new one: TLS, then XCLIENT.
+    async def _open_transaction(
+        self, tx: Transaction, backend: SMTPBackendClient, mail: bytes, rcpt: bytes
+    ) -> Reply:
+        """MAIL and the first RCPT at C{backend} (pipelined when offered): the RCPT's reply,
+        or the MAIL's when that was not a success."""
+        tx.route = self._route
+        tx.record.backend = backend.info.address
+        tx.record.backend_tls = backend.info.tls
+        if b"PIPELINING" in backend.extensions:
+            mail_reply, rcpt_reply = backend.commands([mail, rcpt])
+            try:
+                tx.backend_mail = await mail_reply
+            except BaseException:
+                # The RCPT's reply is never awaited now: the MAIL failed (so will it), or the
+                # client left and the wait was cancelled (the backend may still drop it).
+                # Consume it, or it is logged as an unhandled error.
+                rcpt_reply.addErrback(lambda _: None)
+                raise
+            reply = await rcpt_reply
+        else:
+            tx.backend_mail = await backend.command(mail)
+            if not tx.backend_mail.ok:
+                return tx.backend_mail
+            reply = await backend.command(rcpt)
+        return reply if tx.backend_mail.ok else tx.backend_mail
+
+    async def backend_for(
+        self, route: tuple[HostPort, ...], tls_mode: str, kept: bool = True
+    ) -> SMTPBackendClient:
+        """The open backend connection for C{route}, a kept one, or a new one: TLS, then
+        XCLIENT.
 
         @param tls_mode: C{backend_tls} for this route (C{none}, C{opportunistic},
             C{required} or C{implicit}).
+        @param kept: a connection kept by an earlier session may serve.
         @raise BackendTLSError: TLS was required (or offered) and could not be set up.
         """
         if (
@@ -183,6 +257,15 @@ class BackendLeg:
         self.drop()
         settings = self._settings
         facts = self._facts
+        shareable = self._may_share()
+        if kept and shareable and self._pool is not None:
+            backend = self._pool.take((route, tls_mode))
+            if backend is not None:
+                assert backend.address is not None
+                self._submission.check_backend_login(backend.extensions, backend.address)
+                self.backend, self._route, self._tls_mode = backend, route, tls_mode
+                self._shareable = self._kept = True
+                return backend
         client = ClientAddress(facts.ip, facts.port, facts.local_ip, facts.local_port)
         backend, address = await connect_smtp_backend(
             self._reactor,
@@ -193,10 +276,13 @@ class BackendLeg:
             preamble=settings.backend.proxy_preamble(client, self._proxy_protocol),
         )
         self.backend, self._route = backend, route
+        backend.address = address
         self._tls_mode = tls_mode
+        self._shareable = self._kept = False
         await self._hello(backend)
         await self._secure(backend, address, tls_mode)
         self._submission.check_backend_login(backend.extensions, address)
+        told_client = False
         if settings.xclient and b"XCLIENT" in backend.extensions:
             commands = xclient_commands(
                 backend.extensions[b"XCLIENT"] or b"", self.xclient_attributes()
@@ -212,7 +298,9 @@ class BackendLeg:
                     )
                     raise BackendError(f"XCLIENT refused: {reply.summary()}")
                 await self._hello(backend)
+                told_client = True
         await self._log_in(backend, address)
+        self._shareable = shareable and not told_client
         return backend
 
     async def _secure(self, backend: SMTPBackendClient, address: HostPort, mode: str) -> None:

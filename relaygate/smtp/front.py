@@ -16,12 +16,10 @@ from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
 )
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
@@ -29,8 +27,6 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.client_tls import AfterHandshake, ClientTLSGate
-from relaygate.config.model import Config
-from relaygate.config.server import ListenConfig
 from relaygate.connect import set_no_delay
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.policy import Limits, limits_for
@@ -40,6 +36,7 @@ from relaygate.sasl import Credentials
 from relaygate.smtp.auth_replies import R_AUTH_REQUIRED
 from relaygate.smtp.backend import CONNECTION_DONE, RelayTransport, SMTPBackendClient
 from relaygate.smtp.backend_leg import BackendLeg
+from relaygate.smtp.backend_pool import BackendPool
 from relaygate.smtp.client_input import InputRunner, LineError
 from relaygate.smtp.data_relay import MessageRelay, open_message, outcome
 from relaygate.smtp.greeting import R_EARLY_TALKER, GreetingDelay
@@ -77,7 +74,6 @@ from relaygate.smtp.session_facts import (
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.starttls import starttls_refusal
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
-from relaygate.tls.server import ServerTLS
 
 _session_ids = itertools.count(1)
 
@@ -88,7 +84,13 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
 
     _log = Logger()
 
-    def __init__(self, settings: SMTPSettings, router: Router, reactor: IGatewayReactor) -> None:
+    def __init__(
+        self,
+        settings: SMTPSettings,
+        router: Router,
+        reactor: IGatewayReactor,
+        pool: BackendPool | None = None,
+    ) -> None:
         super().__init__()
         self.host = settings.name
         self.timeout = settings.idle_timeout  # type: ignore[assignment]
@@ -110,7 +112,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self._greeting = GreetingDelay(reactor, settings.greeting_delay, self._greet)
         self._limits: Limits | None = None
         self._submission = Submission(settings, reactor)
-        self._leg = BackendLeg(settings, router, reactor, self._facts, self._submission)
+        self._leg = BackendLeg(settings, router, reactor, self._facts, self._submission, pool)
         self.session: SessionRecord
 
     # -- connection ---------------------------------------------------------------------
@@ -192,8 +194,12 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self._runner.cancel()
         self._abort_body()
         if not final:
-            self._end_transaction("abandoned", self.session.end, reset_backend=False)
-            self._leg.drop()
+            if self._tx is None:
+                # No transaction open at the backend: its connection may serve another session.
+                self._leg.release()
+            else:
+                self._end_transaction("abandoned", self.session.end, reset_backend=False)
+                self._leg.drop()
 
     def readConnectionLost(self) -> None:
         """The client shut down its sending side: answer all it sent, then close (as Postfix
@@ -555,7 +561,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
             self.session.delivered += 1
         self._end_transaction(outcome(reply), reply.summary())
         if not self._phase.connected:
-            self._leg.drop()
+            self._leg.release()
         return reply
 
     def _end_transaction(self, outcome: str, final: str, reset_backend: bool = True) -> None:
@@ -569,28 +575,3 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
                 # Keeps the backend in step for the next transaction on this connection.
                 backend.command(b"RSET").addErrback(lambda _: None)
         tx.finish(self.session, outcome, final, self._reactor.seconds())
-
-
-class SMTPFrontFactory(ServerFactory):
-    """Builds an L{SMTPFront} per connection on one listener."""
-
-    noisy = False
-
-    def __init__(
-        self,
-        config: Config,
-        listen: ListenConfig,
-        router: Router,
-        reactor: IGatewayReactor,
-        *,
-        server_tls: ServerTLS | None,
-    ) -> None:
-        self.settings = SMTPSettings.from_config(config, listen, server_tls)
-        self.router = router
-        self.reactor = reactor
-
-    @override
-    def buildProtocol(self, addr: IAddress | None) -> SMTPFront:
-        front = SMTPFront(self.settings, self.router, self.reactor)
-        front.factory = self
-        return front

@@ -36,6 +36,10 @@ class SMTPSettings:
     backend_auth: str = "none"
     max_auth_attempts: int = 3
     greeting_delay: float = 0.0
+    backend_connection_cache: float = 0.0
+    """Seconds an idle, clean backend connection is kept for the next session (0: none)."""
+    backend_connection_reuse: float = 300.0
+    """Seconds after which a backend connection is no longer kept for another session."""
 
     @classmethod
     def from_config(
@@ -76,4 +80,6 @@ class SMTPSettings:
             backend_auth=smtp_config.backend_auth,
             max_auth_attempts=smtp_config.max_auth_attempts,
             greeting_delay=smtp_config.greeting_delay,
+            backend_connection_cache=smtp_config.backend_connection_cache,
+            backend_connection_reuse=smtp_config.backend_connection_reuse,
         )
