@@ -27,7 +27,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer, providedBy
+
+from relaygate.provides import provide_like
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -44,7 +46,7 @@ class TransportWrapper(Protocol):
 
     @override
     def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
+        provide_like(self, providedBy(transport))
         super().makeConnection(transport)
 
     def connect_wrapped(self, wrapped: IProtocol, data: bytes = b"") -> None:
@@ -121,7 +123,7 @@ class TransportWrapper(Protocol):
         """Start TLS on the real transport, and from now on provide what it provides."""
         transport: Any = self.transport
         transport.startTLS(creator, normal)
-        directlyProvides(self, providedBy(transport))
+        provide_like(self, providedBy(transport))
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (producer methods, abortConnection, getHandle after STARTTLS ...)
