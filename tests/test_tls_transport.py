@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.internet.endpoints import TCP4ServerEndpoint
+import os
+
+from OpenSSL import SSL
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IHalfCloseableDescriptor,
+    IPushProducer,
     ISSLTransport,
     ITCPTransport,
     ITLSTransport,
@@ -14,11 +21,17 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
-from zope.interface import alsoProvides, providedBy
+from twisted.trial.unittest import TestCase
+from typing_extensions import override
+from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
+from zope.interface.declarations import Provides
 
+from relaygate.config.tls import TLSConfig
 from relaygate.tls.server import ServerTLS
 from relaygate.tls.state import tls_connection
 from relaygate.tls.transport import ServerTLSEndpoint, ServerTLSFactory, ServerTLSProtocol
+from relaygate.wrapping import TransportWrapper
+from tests.certs import make_pki
 from tests.tls_harness import Loopback, Peer, PKITestCase, TestClient
 
 
@@ -123,3 +136,142 @@ class ServerTLSEndpointTests(PKITestCase):
         self.assertIs(factory._clock, reactor)
         protocol = factory.buildProtocol(None)
         self.assertIsInstance(protocol, ServerTLSProtocol)
+
+
+@implementer(IPushProducer)
+class _Producer:
+    """A producer registered on the connection before STARTTLS, as the fronts register one."""
+
+    def pauseProducing(self) -> None:
+        """Not used."""
+
+    def resumeProducing(self) -> None:
+        """Not used."""
+
+    def stopProducing(self) -> None:
+        """Not used."""
+
+
+class _Inner(Peer):
+    """The protocol above the wrapper; C{got_data} fires at its first bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got_data: Deferred[None] = Deferred()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if not self.got_data.called:
+            self.got_data.callback(None)
+
+
+class _StartTLSServer(TransportWrapper):
+    """A wrapper whose inner protocol upgrades on C{STARTTLS}, as a front does."""
+
+    def __init__(self, creator: ServerTLS, inner: _Inner, upgraded: Deferred[None]) -> None:
+        self._creator = creator
+        self._inner = inner
+        self._upgraded = upgraded
+        self.producer = _Producer()
+        self.connection: tcp.Server | None = None
+
+    @override
+    def connectionMade(self) -> None:
+        assert isinstance(self.transport, tcp.Server)
+        self.connection = self.transport
+        self.transport.registerProducer(self.producer, True)
+        self.connect_wrapped(self._inner)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if data == b"STARTTLS\r\n" and not ISSLTransport.providedBy(self):
+            self.write(b"220 go ahead\r\n")
+            self.startTLS(self._creator)
+            self._upgraded.callback(None)
+            return
+        super().dataReceived(data)
+
+
+class _StartTLSClient(Peer):
+    """Sends STARTTLS, starts TLS at the 220, then waits for the server's first TLS bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secured: Deferred[None] = Deferred()
+        self.got_data: Deferred[None] = Deferred()
+
+    @override
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"STARTTLS\r\n")
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        if data == b"220 go ahead\r\n":
+            self.transport.startTLS(TestClient())  # type: ignore[attr-defined]
+            self.transport.write(b"EHLO over tls\r\n")
+            return
+        super().dataReceived(data)
+        self.got_data.callback(None)
+
+    @override
+    def handshakeCompleted(self) -> None:
+        super().handshakeCompleted()
+        self.secured.callback(None)
+
+
+class StartTLSOverTCPTests(TestCase):
+    """STARTTLS on a real TCP connection puts L{ServerTLSProtocol} under the wrapper."""
+
+    async def test_upgrade_over_a_real_connection(self) -> None:
+        """Layer placement, interfaces, the moved producer and data both ways over TLS."""
+        from twisted.internet import reactor
+
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        creator = ServerTLS(
+            TLSConfig(certificate=pki.server.certificate, key=pki.server.key), "smtp"
+        )
+        inner = _Inner()
+        upgraded: Deferred[None] = Deferred()
+        server = _StartTLSServer(creator, inner, upgraded)
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        port = await endpoint.listen(Factory.forProtocol(lambda: server))
+        self.addCleanup(port.stopListening)
+        client = _StartTLSClient()
+        address = port.getHost()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", address.port), client)
+        await upgraded
+
+        connection = server.connection
+        assert connection is not None
+        layer = server.transport
+        self.assertIsInstance(layer, ServerTLSProtocol)
+        self.assertIs(connection.protocol, layer)
+        self.assertFalse(connection.TLS)
+        # What the wrapper provided after Twisted's own startTLS on the connection.
+        reference = _StartTLSServer.__new__(_StartTLSServer)
+        directlyProvides(reference, Provides(tcp.Server, ISSLTransport))
+        self.assertEqual(list(providedBy(server)), list(providedBy(reference)))
+        self.assertEqual(list(providedBy(server))[:2], [ISSLTransport, ITLSTransport])
+        self.assertIs(layer._producer._producer, server.producer)  # type: ignore[union-attr]
+        self.assertIsNot(connection.producer, server.producer)
+
+        await client.secured
+        await inner.got_data
+        self.assertEqual(inner.received, b"EHLO over tls\r\n")
+        self.assertIsInstance(tls_connection(server), SSL.Connection)
+        server.write(b"250 secret\r\n")
+        await client.got_data
+        self.assertEqual(client.received, b"250 secret\r\n")
+
+        lost: Deferred[None] = Deferred()
+        client_lost: Deferred[None] = Deferred()
+        inner.on_lost, client.on_lost = lost, client_lost
+        server.unregisterProducer()
+        server.loseConnection()
+        await lost
+        await client_lost
+        assert inner.lost is not None
+        self.assertTrue(inner.lost.check(ConnectionDone))
