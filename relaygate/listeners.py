@@ -1,6 +1,7 @@
 """Turn each C{[[listen]]} entry into a server endpoint; protocols never see how bytes arrived.
 
-Implicit-TLS listeners are wrapped with L{wrapServerTLS}; STARTTLS listeners stay plain TCP and
+Implicit-TLS listeners are wrapped with L{ServerTLSEndpoint} (C{wrapServerTLS} with the
+declaration cache of L{relaygate.tls.transport}); STARTTLS listeners stay plain TCP and
 their front calls C{transport.startTLS(server_tls)}. Both get the same L{ServerTLS}, built once
 per listener by L{relaygate.service.build_service} and shared by all its connections.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from twisted.application.service import IService
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, wrapServerTLS
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IReactorFromThreads, IStreamServerEndpoint
 
 from relaygate.config.model import Config
@@ -18,6 +19,7 @@ from relaygate.config.server import ListenConfig
 from relaygate.reactor import IGatewayReactor
 from relaygate.tls.reload import ReloadOnSIGHUP
 from relaygate.tls.server import ServerTLS
+from relaygate.tls.transport import ServerTLSEndpoint
 
 
 def new_server_tls(listen: ListenConfig, config: Config) -> ServerTLS | None:
@@ -92,5 +94,5 @@ def server_endpoint(
         endpoint = proxy_endpoint(endpoint, realip.trusted, realip.header_timeout, reactor)
     if listen.tls == "implicit":
         assert server_tls is not None
-        endpoint = wrapServerTLS(server_tls, endpoint, clock=reactor)
+        endpoint = ServerTLSEndpoint(server_tls, endpoint, reactor)
     return endpoint

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -27,7 +28,10 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer, providedBy
+
+from relaygate.provides import provide_like
+from relaygate.tls.transport import SECURED_TCP, start_tls_over_tcp
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -44,7 +48,7 @@ class TransportWrapper(Protocol):
 
     @override
     def makeConnection(self, transport: Any) -> None:
-        directlyProvides(self, providedBy(transport))
+        provide_like(self, providedBy(transport))
         super().makeConnection(transport)
 
     def connect_wrapped(self, wrapped: IProtocol, data: bytes = b"") -> None:
@@ -118,10 +122,20 @@ class TransportWrapper(Protocol):
         self.transport.loseConnection()
 
     def startTLS(self, creator: Any, normal: bool = True) -> None:
-        """Start TLS on the real transport, and from now on provide what it provides."""
+        """Start TLS on the real transport, and from now on provide what it provides.
+
+        Directly over a TCP connection, a server's TLS goes in between (L{start_tls_over_tcp}:
+        Twisted's C{startTLS} minus its per-connection declaration work), and the wrapper
+        provides what the connection would after Twisted's C{startTLS}.
+        """
         transport: Any = self.transport
+        if normal and type(transport) is tcp.Server:
+            # A wrapper on a server connection: the TLS server side, as startTLS would pick.
+            self.transport = start_tls_over_tcp(transport, self, creator)
+            provide_like(self, SECURED_TCP)
+            return
         transport.startTLS(creator, normal)
-        directlyProvides(self, providedBy(transport))
+        provide_like(self, providedBy(transport))
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (producer methods, abortConnection, getHandle after STARTTLS ...)
