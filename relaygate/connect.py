@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -70,9 +71,14 @@ def set_no_delay(transport: object) -> None:
     Mail commands and their answers are small writes in a request/response rhythm; with Nagle
     and delayed ACKs each would wait for the peer's ACK (nginx's mail proxy stalls this way).
     """
-    for candidate in (transport, getattr(transport, "transport", None)):
-        if ITCPTransport.providedBy(candidate):
-            candidate.setTcpNoDelay(True)
-            if hasattr(candidate, "bufferSize"):
-                candidate.bufferSize = RELAY_BUFFER_SIZE
-            return
+    # Wrappers (PROXY, limits, operations, TLS) copy ITCPTransport from what they wrap and pass
+    # setTcpNoDelay down, but a buffer size set on them would stay there: go down the chain to
+    # the connection that owns the socket and reads it.
+    candidate = transport
+    for _ in range(8):
+        if isinstance(candidate, FileDescriptor):
+            break
+        candidate = getattr(candidate, "transport", None)
+    if isinstance(candidate, FileDescriptor) and ITCPTransport.providedBy(candidate):
+        candidate.setTcpNoDelay(True)
+        candidate.bufferSize = RELAY_BUFFER_SIZE
