@@ -60,8 +60,12 @@ def makeService(
 
         return pool_service(config, reactor)
     from relaygate.service import build_service
+    from relaygate.textlog import TextLogService
 
     # SIGTERM drains and SIGHUP reloads; when done, the reactor stops and twistd exits. Every
     # reactor provides IReactorCore; the tests' MemoryReactorClock does too.
     core = cast(IReactorCore, reactor)
-    return build_service(config, reactor, stop=core.stop)
+    gateway = build_service(config, reactor, stop=core.stop)
+    # twistd's text log, when it is one, renders each line with less work (the same text).
+    TextLogService().setServiceParent(gateway)
+    return gateway
