@@ -4,8 +4,13 @@ The parent (the twistd process) binds each C{[[listen]]} socket once and starts 
 those sockets as inherited file descriptors; each child adopts them with
 L{IReactorSocket.adoptStreamPort} and runs the ordinary service tree, so the kernel spreads
 connections over the children. The parent restarts a child that dies and stops them all on
-SIGTERM. Children send their log events to the parent as JSON lines on their stdout, so one
-twistd log holds everything, each event tagged with the worker's number and pid.
+SIGTERM. One twistd log holds everything, each line tagged with the worker's number: when twistd
+writes its classic text log (the default), each child renders its own events as those lines and
+the parent copies them into the log in batches (L{relaygate.textlog}), reading each pipe at most
+once per L{LOG_PAUSE} while it has little in it; when twistd logs another way (C{--logger},
+C{--syslog}), children send their events as JSON lines and the parent emits each one again,
+with a C{worker} field. Answers to the parent's requests (the sessions view) and the "ready"
+notice travel on a pipe of their own, the control channel.
 
 Run a child by hand with ``python -m relaygate.workers -c FILE --fd FD:ADDRESS ...``.
 """
@@ -13,6 +18,8 @@ Run a child by hand with ``python -m relaygate.workers -c FILE --fd FD:ADDRESS .
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -28,12 +35,14 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IReactorSocket,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
@@ -51,13 +60,23 @@ from relaygate.config.load import load
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
 from relaygate.ops.build import metrics_service
-from relaygate.ops.control import REPLY_KEY, ParentControl, WorkerControl
+from relaygate.ops.control import ParentControl, WorkerControl
 from relaygate.ops.lifecycle import SignalHandlers
 from relaygate.ops.metrics import Metrics, parent_metrics, worker_ended
 from relaygate.reactor import IParentReactor, IWorkerReactor
+from relaygate.textlog import LineCopier, LineWriter, TextLogService, write_all
 
 RESTART_DELAY = 1.0
 STOP_GRACE = 10.0
+CONTROL_FD = 3
+"""The child's descriptor for its control messages to the parent; listening sockets follow."""
+LOG_PAUSE = 0.05
+"""Seconds the parent leaves a worker's log pipe unread after a read that emptied it."""
+LOG_PIPE_SIZE = 256 * 1024
+"""Bytes a worker's log pipe holds (Linux's default is 64 KiB): only a worker logging more than
+5 MB a second fills it during a pause."""
+_READ_SIZE = 8192
+"""What Twisted's process reader asks for in one read (C{fdesc.readFromFD})."""
 
 
 def bind_listener(address: HostPort) -> socket.socket:
@@ -90,12 +109,26 @@ class AdoptedEndpoint:
 
 
 class _WorkerProcess(ProcessProtocol):
-    """The parent's view of one child: its log lines and its end."""
+    """The parent's view of one child: its log lines, its control messages and its end.
 
-    def __init__(self, pool: WorkerPool, number: int) -> None:
+    @param copier: where the child's rendered log lines go (text mode), or None when the
+        child writes JSON events to be emitted again here.
+    """
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        number: int,
+        copier: LineCopier | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self._pool = pool
         self.number = number
+        self._copier = copier
+        self._clock = clock
+        self._resume: IDelayedCall | None = None
         self._partial = b""
+        self._control_partial = b""
         self.ended: Deferred[None] = Deferred()
         self.reason: Failure | None = None
         self.pid = 0
@@ -103,7 +136,37 @@ class _WorkerProcess(ProcessProtocol):
         """True once a reload replaced this worker: it drains and is not restarted."""
 
     @override
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == CONTROL_FD:
+            lines = (self._control_partial + data).split(b"\n")
+            self._control_partial = lines.pop()
+            for line in lines:
+                self._pool.control_received(self.number, line)
+        else:
+            super().childDataReceived(childFD, data)
+
+    @override
+    def connectionMade(self) -> None:
+        reader = self._log_reader()
+        if reader is not None:
+            try:
+                fcntl.fcntl(reader.fileno(), fcntl.F_SETPIPE_SZ, LOG_PIPE_SIZE)
+            except (AttributeError, OSError):  # not Linux, or above its pipe-max-size
+                pass
+
+    def _log_reader(self) -> Any:
+        """The pipe reader of the child's log lines (text mode), if there is one."""
+        if self._copier is None or self._clock is None:
+            return None
+        return getattr(self.transport, "pipes", {}).get(1)
+
+    @override
     def outReceived(self, data: bytes) -> None:
+        if self._copier is not None:
+            self._copier.data_received(data)
+            if len(data) < _READ_SIZE:
+                self._pause_log()
+            return
         # Children write one JSON event per line (jsonFileLogObserver uses the RS separator).
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
@@ -114,6 +177,32 @@ class _WorkerProcess(ProcessProtocol):
     def errReceived(self, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             WorkerPool._log.error("worker {worker} stderr: {line}", worker=self.number, line=line)
+
+    def _pause_log(self) -> None:
+        # Read once more only after a pause: the lines the child writes meanwhile wait in the
+        # pipe and come in one read, instead of waking this process for each one. A read that
+        # filled the buffer left more to read, so it is not paused.
+        reader = self._log_reader()
+        if reader is None or self._resume is not None or self._clock is None:
+            return
+        reader.stopReading()
+        self._resume = self._clock.callLater(LOG_PAUSE, self._resume_log)
+
+    def _resume_log(self) -> None:
+        self._resume = None
+        reader = self._log_reader()
+        if reader is not None and not reader.disconnected:
+            reader.startReading()
+
+    @override
+    def childConnectionLost(self, childFD: int) -> None:
+        # Whatever the child wrote is read before its pipe is lost, and processEnded comes
+        # only after every pipe is: a last line without its end is not lost either.
+        if childFD == 1 and self._copier is not None:
+            self._copier.flush()
+            if self._resume is not None and self._resume.active():
+                self._resume.cancel()
+            self._resume = None
 
     @override
     def processEnded(self, reason: Failure) -> None:
@@ -133,8 +222,12 @@ class WorkerPool(Service):
         count: int,
         reactor: IParentReactor,
         python: str = sys.executable,
+        text_log: TextLogService | None = None,
     ) -> None:
+        """@param text_log: twistd's text log, found when it starts: with one, the children
+        render their lines and the parent copies them in; without, they send JSON events."""
         self._config = config
+        self._text_log = text_log
         self._count = count
         self._reactor = reactor
         self._python = python
@@ -182,13 +275,17 @@ class WorkerPool(Service):
         return [transport.write for _, transport in self.workers.values()]
 
     def _spawn(self, number: int) -> None:
-        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", CONTROL_FD: "r"}
+        text_log = self._text_log.text_log if self._text_log is not None else None
         args = [self._python, "-m", "relaygate.workers", "-c", self._config.path]
+        args += ["--worker", str(number), "--control-fd", str(CONTROL_FD)]
+        args += ["--log", "json" if text_log is None else "text"]
         for index, (listen, sock) in enumerate(self._sockets):
-            fd = 3 + index
+            fd = CONTROL_FD + 1 + index
             child_fds[fd] = sock.fileno()
             args += ["--fd", f"{fd}:{listen.address}"]
-        process = _WorkerProcess(self, number)
+        copier = None if text_log is None else LineCopier(text_log.write)
+        process = _WorkerProcess(self, number, copier, self._reactor)
         self.started.setdefault(number, Deferred())
         transport = self._reactor.spawnProcess(
             process, self._python, args, env=dict(os.environ), childFDs=child_fds
@@ -198,7 +295,8 @@ class WorkerPool(Service):
         self._log.info("started worker {worker} (pid {pid})", worker=number, pid=transport.pid)
 
     def relay_event(self, number: int, line: bytes) -> None:
-        """Re-emit a child's JSON log event in this process, tagged with the worker."""
+        """Re-emit a child's JSON log event in this process, tagged with the worker (when
+        twistd's log is not its text log)."""
         text = line.strip(b"\x1e \r\n").decode("utf-8", "replace")
         if not text:
             return
@@ -208,14 +306,22 @@ class WorkerPool(Service):
             self._log.warn("worker {worker} wrote {line!r}", worker=number, line=text)
             return
         event["worker"] = number
-        if event.get(REPLY_KEY):
-            self.control.reply_received(event)
+        self._log.observer(event)
+
+    def control_received(self, number: int, line: bytes) -> None:
+        """A child's control message: an answer for L{ParentControl}, or its ready notice."""
+        try:
+            message = json.loads(line)
+            kind = message["kind"]
+        except (ValueError, KeyError, TypeError):
+            self._log.warn("worker {worker} sent {line!r}", worker=number, line=line[:200])
             return
-        if event.get("relaygate_worker_ready"):
+        if kind == "reply":
+            self.control.reply_received(message)
+        elif kind == "ready":
             ready = self.started.get(number)
             if ready is not None and not ready.called:
-                ready.callback(event.get("pid", 0))
-        self._log.observer(event)
+                ready.callback(message.get("pid", 0))
 
     def worker_ended(self, process: _WorkerProcess, reason: Failure) -> None:
         """A child exited: restart it unless the pool is stopping."""
@@ -361,7 +467,9 @@ def pool_service(config: Config, reactor: IParentReactor) -> MultiService:
         from relaygate.demo import demo_service
 
         demo_service(config.demo, config.server.name, reactor).setServiceParent(top)
-    pool = WorkerPool(config, config.server.workers, reactor)
+    text_log = TextLogService()
+    text_log.setServiceParent(top)
+    pool = WorkerPool(config, config.server.workers, reactor, text_log=text_log)
     if config.metrics.listen is not None:
         pool.metrics_dir, pool.metrics, scrape = parent_metrics()
         service = metrics_service(config, reactor, scrape, pool.control)
@@ -382,7 +490,25 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m relaygate.workers")
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--fd", action="append", default=[], metavar="FD:ADDRESS")
+    parser.add_argument("--worker", type=int, default=0, help="this worker's number")
+    parser.add_argument(
+        "--log",
+        choices=["text", "json"],
+        default="text",
+        help="log events to stdout as twistd's text lines, or as JSON events",
+    )
+    parser.add_argument("--control-fd", type=int, help="where to send control messages")
     return parser.parse_args(argv)
+
+
+def control_sender(fd: int | None) -> Callable[[dict[str, Any]], None]:
+    """Sends a control message to the parent as one JSON line on C{fd} (nowhere without)."""
+
+    def send(message: dict[str, Any]) -> None:
+        if fd is not None:
+            write_all(fd, json.dumps(message, default=repr).encode() + b"\n")
+
+    return send
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -394,10 +520,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     # It provides every interface relaygate uses (relaygate.reactor).
     reactor: IWorkerReactor = global_reactor  # type: ignore[assignment]
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    # Debug events stay in the worker: each relayed event costs a JSON round trip.
-    to_parent = FilteringLogObserver(
-        jsonFileLogObserver(sys.stdout), [LogLevelFilterPredicate(LogLevel.info)]
+    # Debug events stay in the worker, as before: rendering and copying them would cost
+    # work per event for lines that a busy gateway's log does not want.
+    lines: ILogObserver = (
+        LineWriter(sys.stdout.fileno(), args.worker)
+        if args.log == "text"
+        else jsonFileLogObserver(sys.stdout)
     )
+    to_parent = FilteringLogObserver(lines, [LogLevelFilterPredicate(LogLevel.info)])
+    send = control_sender(args.control_fd)
     globalLogBeginner.beginLoggingTo([to_parent], redirectStandardIO=False)
     # The parent reloads by starting new workers; SIGHUP's default action would end this one.
     # SIGUSR1 reopens the access log ([log] access installs that); otherwise it must not end
@@ -425,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     # Requests for the sessions view come from the parent on stdin (relaygate.ops.control).
     # (mypy reads the Windows StandardIO, which has no stdin/stdout arguments.)
-    control = WorkerControl(service.sessions, service.terminate)
+    control = WorkerControl(service.sessions, send, service.terminate)
     StandardIO(  # type: ignore[call-arg]
         control,
         stdin=0,
@@ -433,9 +564,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # The reactor closes stdin as it stops: that is no sign of the parent's death.
     reactor.addSystemEventTrigger("before", "shutdown", control.stopping)
-    Logger(namespace="relaygate.workers").info(
-        "worker {pid} serving", pid=os.getpid(), relaygate_worker_ready=True
-    )
+    Logger(namespace="relaygate.workers").info("worker {pid} serving", pid=os.getpid())
+    send({"kind": "ready", "pid": os.getpid()})
     # The reactors' run() takes this keyword; IReactorCore does not name it.
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.ops.control import REPLY_KEY, ParentControl, WorkerControl
+from relaygate.ops.control import ParentControl, WorkerControl
 from relaygate.ops.sessions import KICK, SessionRegistry
 from tests.test_ops_sessions import open_session
 
@@ -20,7 +20,7 @@ class Worker:
 
     def __init__(self, prefix: str, parent: Callable[[], ParentControl]) -> None:
         self.registry = SessionRegistry(Clock(), prefix=prefix)
-        self.control = WorkerControl(self.registry)
+        self.control = WorkerControl(self.registry, self.reply)
         self.parent = parent
         self.requests: list[dict[str, Any]] = []
         self.silent = False
@@ -29,12 +29,11 @@ class Worker:
         self.requests.append(json.loads(data))
         if self.silent:
             return
-        with capturedLogs() as events:
-            self.control.lineReceived(data.rstrip(b"\n"))
-        for event in events:
-            if event.get(REPLY_KEY):
-                # Through JSON, as on the real log channel.
-                self.parent().reply_received(json.loads(json.dumps(event, default=repr)))
+        self.control.lineReceived(data.rstrip(b"\n"))
+
+    def reply(self, message: dict[str, Any]) -> None:
+        # Through JSON, as on the real control channel.
+        self.parent().reply_received(json.loads(json.dumps(message)))
 
 
 class ControlTests(SynchronousTestCase):
@@ -93,7 +92,7 @@ class ParentGoneTests(SynchronousTestCase):
     def test_stdin_closed_stops_the_worker(self) -> None:
         """The end of the parent's pipe calls the stop callback once."""
         stopped: list[bool] = []
-        control = WorkerControl(SessionRegistry(Clock()), lambda: stopped.append(True))
+        control = WorkerControl(SessionRegistry(Clock()), self.fail, lambda: stopped.append(True))
         with capturedLogs():
             control.connectionLost()
         self.assertEqual(stopped, [True])
@@ -101,7 +100,7 @@ class ParentGoneTests(SynchronousTestCase):
     def test_own_stop_is_not_the_parent_gone(self) -> None:
         """Once the worker stops on its own, the end of stdin neither stops nor warns again."""
         stopped: list[bool] = []
-        control = WorkerControl(SessionRegistry(Clock()), lambda: stopped.append(True))
+        control = WorkerControl(SessionRegistry(Clock()), self.fail, lambda: stopped.append(True))
         control.stopping()
         with capturedLogs() as events:
             control.connectionLost()

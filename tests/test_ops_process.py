@@ -412,6 +412,92 @@ def file_lines(path: str, count: int) -> Deferred[None]:
     return done
 
 
+def file_match(path: str, pattern: bytes) -> Deferred[re.Match[bytes]]:
+    """Fires with the first match of C{pattern} in the file at C{path}, once there is one:
+    inotify reports each write, so the test waits on the write itself rather than on a time."""
+    done: Deferred[re.Match[bytes]] = Deferred()
+    compiled = re.compile(pattern)
+    watcher = inotify.INotify()
+    watcher.startReading()
+
+    def check(*_: object) -> None:
+        try:
+            with open(path, "rb") as f:
+                found = compiled.search(f.read())
+        except FileNotFoundError:
+            return
+        if not done.called and found is not None:
+            watcher.loseConnection()
+            done.callback(found)
+
+    watcher.watch(
+        FilePath(os.path.dirname(path)),
+        mask=inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO,
+        callbacks=[check],
+    )
+    check()
+    return done.addTimeout(WAIT, reactor)
+
+
+class TextLogFileTests(TestCase):
+    """With workers and C{--logfile}: their lines are in twistd's file, rotated with it."""
+
+    timeout = 120
+
+    async def test_worker_lines_follow_rotation(self) -> None:
+        """Lines before SIGUSR1 stay in the rotated file, lines after (the workers' last
+        ones at the stop included) go to the new one, each tagged with its worker."""
+        backend = await start_backend(self)
+        path = write_config(self, smtp_config(backend, extra="workers = 2\n"))
+        log = os.path.join(os.path.dirname(path), "twistd.log")
+        gateway = Gateway()
+        process = reactor.spawnProcess(
+            gateway,
+            TWISTD,
+            [TWISTD, "-n", "--pidfile=", f"--logfile={log}", "relaygate", "-c", path],
+            env=dict(os.environ),
+            path=os.path.dirname(path),
+        )
+
+        async def stop() -> None:
+            if not gateway.ended.called:
+                process.signalProcess("KILL")
+            await gateway.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        found = await file_match(log, rb"smtp listener on 127\.0\.0\.1:(\d+)")
+        port = int(found.group(1))
+        await file_match(log, rb"worker \d+ serving(.|\n)*worker \d+ serving")
+
+        async def one_session(in_file: str) -> None:
+            client = await Client.connect(port)
+            await client.reply()
+            await client.command(b"QUIT")
+            await file_match(in_file, rb"closed: quit\n")
+
+        await one_session(log)
+        gateway.signal(signal.SIGUSR1)
+        await file_match(log + ".1", rb"closed: quit\n")
+        await one_session(log)
+        gateway.signal("TERM")
+        self.assertEqual(await gateway.ended, 0)
+
+        def lines(name: str) -> list[str]:
+            with open(name) as f:
+                # Without the time stamps.
+                return [line.split(" ", 1)[1] for line in f.read().splitlines()]
+
+        session = re.compile(r"\[relaygate\.access#info worker=[01]\] smtp session \S+ from ")
+        before, after = lines(log + ".1"), lines(log)
+        self.assertEqual(len([line for line in before if session.match(line)]), 1)
+        self.assertEqual(len([line for line in after if session.match(line)]), 1)
+        for worker in (0, 1):
+            self.assertIn(
+                f"[twisted.internet.base#info worker={worker}] Main loop terminated.", after
+            )
+        self.assertEqual(gateway.output, b"")
+
+
 class AccessLogTests(TestCase):
     """The JSON access log with workers: each appends; SIGUSR1 to the parent reopens it."""
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import io
 import os
+import re
 import smtplib
 import socket
+import sys
 from typing import Any, cast
 
 from twisted.internet import reactor
@@ -12,9 +16,17 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.testing import EventLoggingObserver
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogLevel, capturedLogs, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    LogPublisher,
+    capturedLogs,
+    globalLogPublisher,
+    textFileLogObserver,
+)
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import provider
 
@@ -22,7 +34,15 @@ from relaygate.addresses import HostPort
 from relaygate.config.load import load
 from relaygate.demo import DemoFactory
 from relaygate.reactor import IParentReactor
-from relaygate.workers import WorkerPool, bind_listener
+from relaygate.textlog import LineCopier, TextLogService
+from relaygate.workers import (
+    CONTROL_FD,
+    LOG_PAUSE,
+    LOG_PIPE_SIZE,
+    WorkerPool,
+    _WorkerProcess,
+    bind_listener,
+)
 
 
 def transactions_logged(count: int) -> Deferred[None]:
@@ -66,6 +86,164 @@ def send_one(port: int, recipient: str) -> dict[str, tuple[int, bytes]]:
     """Send one message through the gateway with smtplib (run in a thread)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         return client.sendmail("a@example.net", [recipient], b"Subject: w\r\n\r\nbody\r\n")
+
+
+def send_one_from(port: int, recipient: str) -> int:
+    """Send one message and QUIT, like L{send_one}; the client's own port."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        assert client.sock is not None
+        client_port: int = client.sock.getsockname()[1]
+        client.sendmail("a@example.net", [recipient], b"Subject: w\r\n\r\nbody\r\n")
+    return client_port
+
+
+class TextFile(io.StringIO):
+    """twistd's log file in a test: what was written, and a wait for a pattern in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiting: list[tuple[re.Pattern[str], Deferred[None]]] = []
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        for item in list(self._waiting):
+            if item[0].search(self.getvalue()):
+                self._waiting.remove(item)
+                item[1].callback(None)
+        return written
+
+    def wait_for(self, pattern: str) -> Deferred[None]:
+        """Fires once the text written so far matches C{pattern} (within 30 seconds)."""
+        found: Deferred[None] = Deferred()
+        if re.search(pattern, self.getvalue()):
+            found.callback(None)
+        else:
+            self._waiting.append((re.compile(pattern), found))
+        return found.addTimeout(30, reactor)
+
+    def lines(self) -> list[str]:
+        """Every line written, without its time stamp (continuation lines as they are)."""
+        return [
+            line if line.startswith("\t") else line.split(" ", 1)[1]
+            for line in self.getvalue().splitlines()
+        ]
+
+
+class _Reader:
+    """A process transport's pipe reader: a real pipe's descriptor, and whether it reads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reading = True
+        self.disconnected = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def stopReading(self) -> None:  # noqa: N802 (FileDescriptor's name)
+        self.reading = False
+
+    def startReading(self) -> None:  # noqa: N802 (FileDescriptor's name)
+        self.reading = True
+
+
+class LogPauseTests(SynchronousTestCase):
+    """The parent reads a worker's log pipe at most once per pause while it has little to say."""
+
+    def setUp(self) -> None:
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        self.clock = Clock()
+        self.writes: list[str] = []
+        pool = WorkerPool(cast(Any, None), 1, cast(IParentReactor, reactor))
+        self.process = _WorkerProcess(pool, 0, LineCopier(self.writes.append), self.clock)
+        self.reader = _Reader(read_end)
+        transport = StringTransport()
+        transport.pipes = {1: self.reader}  # type: ignore[attr-defined]
+        self.process.makeConnection(transport)  # type: ignore[arg-type]
+
+    def test_pipe_made_larger(self) -> None:
+        """The pipe holds LOG_PIPE_SIZE bytes, so a pause does not stall a busy worker."""
+        self.assertEqual(fcntl.fcntl(self.reader.fd, fcntl.F_GETPIPE_SZ), LOG_PIPE_SIZE)
+
+    def test_short_read_pauses(self) -> None:
+        """A read that emptied the pipe stops reading for LOG_PAUSE seconds."""
+        self.process.childDataReceived(1, b"t [a worker=0] one\n")
+        self.assertEqual(self.writes, ["t [a worker=0] one\n"])
+        self.assertFalse(self.reader.reading)
+        self.clock.advance(LOG_PAUSE - 0.001)
+        self.assertFalse(self.reader.reading)
+        self.clock.advance(0.001)
+        self.assertTrue(self.reader.reading)
+
+    def test_full_read_goes_on(self) -> None:
+        """A read that filled the buffer left more in the pipe: reading goes on at once."""
+        self.process.childDataReceived(1, b"x" * 8191 + b"\n")
+        self.assertTrue(self.reader.reading)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_end_of_pipe_cancels_the_pause(self) -> None:
+        """When the pipe ends, no resume is left waiting."""
+        self.process.childDataReceived(1, b"t [a worker=0] one\n")
+        self.process.childConnectionLost(1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class WorkerProcessTests(SynchronousTestCase):
+    """The parent's side of one worker: log lines copied, control messages, the end."""
+
+    def setUp(self) -> None:
+        self.pool = WorkerPool(cast(Any, None), 1, cast(IParentReactor, reactor))
+        self.pool.started[0] = Deferred()
+        self.writes: list[str] = []
+        self.process = _WorkerProcess(self.pool, 0, LineCopier(self.writes.append))
+        self.transport = StringTransport()
+        self.process.makeConnection(self.transport)  # type: ignore[arg-type]
+
+    def test_log_lines_copied_in_batches(self) -> None:
+        """Each read's whole lines are one write; a cut line waits for the rest."""
+        self.process.childDataReceived(1, b"t [a worker=0] one\nt [a worker=0] tw")
+        self.process.childDataReceived(1, b"o\nt [a worker=0] three\n")
+        self.assertEqual(
+            self.writes, ["t [a worker=0] one\n", "t [a worker=0] two\nt [a worker=0] three\n"]
+        )
+
+    def test_last_line_kept_at_exit(self) -> None:
+        """A line without its end when the pipe closes is written, ended."""
+        self.process.childDataReceived(1, b"t [a worker=0] last")
+        self.process.childConnectionLost(1)
+        self.assertEqual(self.writes, ["t [a worker=0] last\n"])
+
+    def test_ready_and_reply_on_control_channel(self) -> None:
+        """The ready notice fires C{started}; replies go to the parent's control."""
+        self.process.childDataReceived(CONTROL_FD, b'{"kind": "ready", "pid": 4')
+        self.process.childDataReceived(CONTROL_FD, b"2}\n")
+        self.assertEqual(self.successResultOf(self.pool.started[0]), 42)
+        answers: list[dict[str, Any]] = []
+        self.patch(self.pool.control, "reply_received", answers.append)
+        self.process.childDataReceived(CONTROL_FD, b'{"kind": "reply", "req": 7, "result": 1}\n')
+        self.assertEqual(answers, [{"kind": "reply", "req": 7, "result": 1}])
+        self.assertEqual(self.writes, [])
+
+    def test_bad_control_message_logged(self) -> None:
+        """A control line that is not a message is logged, not acted on."""
+        with capturedLogs() as events:
+            self.process.childDataReceived(CONTROL_FD, b"nonsense\n")
+        self.assertEqual(
+            [(e["log_format"], e["worker"], e["line"]) for e in events],
+            [("worker {worker} sent {line!r}", 0, b"nonsense")],
+        )
+        self.assertNoResult(self.pool.started[0])
+
+    def test_stderr_lines_logged_as_errors(self) -> None:
+        """Each line on the worker's stderr is an error event of the parent."""
+        with capturedLogs() as events:
+            self.process.childDataReceived(2, b"Traceback\n  oops\n")
+        self.assertEqual(
+            [(e["log_level"], e["worker"], e["line"]) for e in events],
+            [(LogLevel.error, 0, "Traceback"), (LogLevel.error, 0, "  oops")],
+        )
 
 
 class _Transport:
@@ -178,4 +356,92 @@ class WorkerPoolTests(TestCase):
         self.assertEqual(
             [process.reason.type if process.reason else None for process in processes],
             [ProcessDone, ProcessDone],
+        )
+
+
+class TextLogPoolTests(TestCase):
+    """With twistd's text log, real workers' lines reach it whole, tagged, and to the end."""
+
+    async def test_lines_tagged_stderr_kept_and_nothing_lost(self) -> None:
+        """Access lines carry the worker's number, stderr still reaches the parent's log, and
+        each worker's last line (written as it exits) is in the log after the stop."""
+        events = EventLoggingObserver()
+        globalLogPublisher.addObserver(events)
+        self.addCleanup(globalLogPublisher.removeObserver, events)
+        store = self.mktemp()
+        for sub in ("tmp", "new"):
+            os.makedirs(os.path.join(store, sub))
+        backend: IListeningPort = await TCP4ServerEndpoint(
+            reactor, 0, interface="127.0.0.1"
+        ).listen(DemoFactory(store, "backend.test"))
+        self.addCleanup(backend.stopListening)
+        backend_port = backend.getHost().port  # type: ignore[attr-defined]
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                '[server]\nname = "gw.test"\nworkers = 2\n'
+                '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
+                f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{backend_port}"]\n'
+                "[smtp]\nxclient = false\n"
+            )
+        # The worker's interpreter, behind a script that first says something on stderr.
+        python = os.path.abspath(self.mktemp())
+        with open(python, "w") as f:
+            f.write(f'#!/bin/sh\necho "starting up" >&2\nexec {sys.executable} "$@"\n')
+        os.chmod(python, 0o755)
+        out = TextFile()
+        text_log = TextLogService(LogPublisher(textFileLogObserver(out)))
+        text_log.startService()
+        pool = WorkerPool(
+            load(path), 2, cast(IParentReactor, reactor), python=python, text_log=text_log
+        )
+        pool.startService()
+        stopped: list[bool] = []
+
+        async def stop() -> None:
+            if not stopped:
+                await pool.stopService()
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        [(_, address)] = pool.addresses()
+        await DeferredList([pool.started[0], pool.started[1]], fireOnOneErrback=True)
+        pids = {number: transport.pid for number, (_, transport) in pool.workers.items()}
+
+        logged = out.wait_for(r"smtp session \S+ from \S+ closed: quit\n")
+        client_port = await deferToThread(send_one_from, address.port, "one@example.org")
+        await logged
+        [session] = [line for line in out.lines() if " smtp session " in line]
+        number = next(n for n, pid in pids.items() if f" smtp session {pid:x}." in session)
+        self.assertEqual(
+            session,
+            f"[relaygate.access#info worker={number}] smtp session {pids[number]:x}.1 "
+            f"from 127.0.0.1:{client_port} closed: quit",
+        )
+        self.assertIn(
+            f"[relaygate.access#info worker={number}] smtp transaction from "
+            f"127.0.0.1:{client_port} <a@example.net> to 1 recipient(s) via "
+            f"127.0.0.1:{backend_port}: delivered 250 Delivery in progress",
+            out.lines(),
+        )
+        for worker in (0, 1):
+            # A worker's lines come up to LOG_PAUSE after its ready notice: wait for them.
+            await out.wait_for(
+                rf"\[relaygate\.workers#info worker={worker}\] worker {pids[worker]} serving\n"
+            )
+        stderr = [
+            (e["worker"], e["line"]) for e in events if e.get("log_format", "").endswith("{line}")
+        ]
+        self.assertEqual(sorted(stderr), [(0, "starting up"), (1, "starting up")])
+
+        await pool.stopService()
+        stopped.append(True)
+        lines = out.lines()
+        for worker in (0, 1):
+            # A worker's very last line, written as its reactor stops.
+            self.assertIn(
+                f"[twisted.internet.base#info worker={worker}] Main loop terminated.", lines
+            )
+        # Nothing but whole, tagged lines: no line of one worker cut into another's.
+        self.assertEqual(
+            [line for line in lines if not re.match(r"\[\S+( \S+)? worker=[01]\] ", line)], []
         )

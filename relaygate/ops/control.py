@@ -3,9 +3,10 @@
 With C{[server] workers} the metrics listener runs in the parent, but the sessions live in the
 workers. The parent writes one JSON request per line to each worker's standard input
 (C{{"op": "sessions"}} or C{{"op": "close", "user": ..., "id": ...}}, with a request number); the
-worker answers with a log event carrying C{relaygate_control_reply}, which travels on the log
-channel every worker already has to its parent (JSON lines on its stdout). A worker that does
-not answer within C{timeout} is left out of the answer rather than holding it up.
+worker answers with one JSON line (C{{"kind": "reply", "req": ..., "result": ...}}) on its
+control channel, a pipe of its own to the parent (L{relaygate.workers}), apart from its log
+lines. A worker that does not answer within C{timeout} is left out of the answer rather than
+holding it up.
 """
 
 from __future__ import annotations
@@ -25,22 +26,25 @@ from typing_extensions import override
 
 from relaygate.ops.sessions import KICK, SessionRegistry
 
-REPLY_KEY = "relaygate_control_reply"
 REPLY_TIMEOUT = 2.0
 
 _reply_log = Logger(namespace="relaygate.ops.control")
 
 
 class WorkerControl(LineOnlyReceiver):
-    """A worker's end: requests from the parent on stdin, answers as log events."""
+    """A worker's end: requests from the parent on stdin, answers through C{send}."""
 
     delimiter = b"\n"
     MAX_LENGTH = 65536
 
     def __init__(
-        self, sessions: SessionRegistry, parent_gone: Callable[[], object] | None = None
+        self,
+        sessions: SessionRegistry,
+        send: Callable[[dict[str, Any]], None],
+        parent_gone: Callable[[], object] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._send = send
         self._parent_gone = parent_gone
 
     def stopping(self) -> None:
@@ -71,7 +75,7 @@ class WorkerControl(LineOnlyReceiver):
             result = self._sessions.close(request.get("user"), request.get("id"), KICK)
         else:
             result = None
-        _reply_log.info("control reply {req}", req=number, result=result, **{REPLY_KEY: True})
+        self._send({"kind": "reply", "req": number, "result": result})
 
 
 class ParentControl:
@@ -93,7 +97,7 @@ class ParentControl:
         self._pending: dict[int, Deferred[Any]] = {}
 
     def reply_received(self, event: dict[str, Any]) -> None:
-        """A worker's answer (a relayed log event with L{REPLY_KEY})."""
+        """A worker's answer (a C{"reply"} message from its control channel)."""
         waiting = self._pending.pop(int(event.get("req", 0)), None)
         if waiting is not None and not waiting.called:
             waiting.callback(event.get("result"))
