@@ -1,7 +1,8 @@
 """The nginx ``auth_http`` router: ask an HTTP service which backend serves a session.
 
-The request headers, their escaping and the reading of the answer follow nginx's
-``src/mail/ngx_mail_auth_http_module.c``, so an auth service written for nginx works unchanged.
+The request headers and their escaping (built in L{relaygate.routing.http_request}) and the
+reading of the answer follow nginx's ``src/mail/ngx_mail_auth_http_module.c``, so an auth
+service written for nginx works unchanged.
 On top of that: one keep-alive connection pool, ``https://`` URLs, several URLs with failover, and
 HTTP 5xx treated as a temporary failure. ``docs/auth-http.md`` describes the protocol.
 """
@@ -34,28 +35,19 @@ from typing_extensions import override
 from relaygate.addresses import HostPort
 from relaygate.config.auth import AuthConfig
 from relaygate.routing.http_client import HTTPPoolService, new_auth_client
+from relaygate.routing.http_request import (
+    AUTH_METHODS,
+    UnsendableError,
+    configured_header,
+    escape_auth_value,
+    request_headers,
+)
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
 
-# nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
-_AUTH_METHODS: Final[dict[str, bytes]] = {
-    "plain": b"plain",
-    "login": b"plain",
-    "login-username": b"plain",
-    "user": b"plain",
-    "apop": b"apop",
-    "cram-md5": b"cram-md5",
-    "external": b"external",
-    "none": b"none",
-}
-_PROTOCOLS: Final[dict[str, bytes]] = {"smtp": b"smtp", "imap": b"imap", "pop3": b"pop3"}
 # Methods after which nginx has no client password to log in with (it clears the APOP/CRAM-MD5
 # digest once Auth-Salt is sent), so an OK answer must carry Auth-Pass for IMAP and POP3.
 _NEEDS_AUTH_PASS: Final = frozenset((b"apop", b"cram-md5", b"external"))
 
-# NGX_ESCAPE_MAIL_AUTH (the "memcached" table in src/core/ngx_string.c): bytes 0x00-0x1F,
-# space and "%" become %XX with upper-case hex digits; everything else, UTF-8 too, is kept.
-_NEEDS_ESCAPE: Final = re.compile(rb"[\x00-\x20%]")
-_UNSAFE: Final = re.compile(rb"[\r\n\x00]")
 # Text shown to a client (Auth-Status) must not carry control characters either.
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS: Final = re.compile(rb"[0-9]+")
@@ -82,17 +74,6 @@ _TRANSPORT_ERRORS: Final = (
     DNSLookupError,
     OSError,
 )
-
-
-def escape_auth_value(value: bytes) -> bytes:
-    """Escape C{value} as nginx does for ``Auth-User``, ``Auth-Pass`` and ``Auth-SSL-Cert``."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return _NEEDS_ESCAPE.sub(_percent, value)
-
-
-def _percent(match: re.Match[bytes]) -> bytes:
-    return b"%%%02X" % match[0][0]
 
 
 @lru_cache(maxsize=1024)
@@ -172,15 +153,6 @@ def _target(text: str, host_override: bytes | None) -> _Target:
     return _Target(url=url, text=text, host=host_override or host.encode("ascii"))
 
 
-class _UnsendableError(Exception):
-    """A request header would carry CR, LF or NUL, or a value nginx has no header text for."""
-
-    def __init__(self, header: str, value: object) -> None:
-        super().__init__(header)
-        self.header = header
-        self.value = value
-
-
 class _InvalidAnswerError(Exception):
     """The auth service answered, but not with something relaygate can act on."""
 
@@ -237,11 +209,11 @@ class HTTPRouter:
             lowered = name.lower()
             if lowered == "host":
                 # One Host header only: a configured one replaces the URL's host.
-                host_override = value.encode("utf-8")
+                host_override = configured_header(name, value)[1]
             elif lowered in _FRAMING_HEADERS:
                 raise ValueError(f"[auth] headers: {name} would break the HTTP request")
             else:
-                static.append((name.encode("ascii"), value.encode("utf-8")))
+                static.append(configured_header(name, value))
         self._static = tuple(static)
         self._targets = tuple(_target(url, host_override) for url in config.http)
         # Passed as treq's per-request cookies so it does not build an empty jar every time.
@@ -250,8 +222,10 @@ class HTTPRouter:
     def lookup(self, request: AuthRequest) -> Deferred[Decision]:
         """Ask the auth service about C{request}; L{RouterUnavailable} if it cannot say."""
         try:
-            headers = self._request_headers(request)
-        except _UnsendableError as e:
+            headers = request_headers(
+                request, self._targets[0].host, self._static, self._pass_client_cert
+            )
+        except UnsendableError as e:
             self._log.error(
                 "auth_http request not sent: {header} would carry {value!r}",
                 header=e.header,
@@ -260,77 +234,6 @@ class HTTPRouter:
             )
             return fail(RouterUnavailable(f"auth_http: {e.header} cannot be sent"))
         return Deferred.fromCoroutine(self._lookup(headers, request))
-
-    def _request_headers(self, request: AuthRequest) -> Headers:
-        """The request headers, in nginx's order (ngx_mail_auth_http_create_request)."""
-        method = _AUTH_METHODS.get(request.method)
-        if method is None:
-            raise _UnsendableError("Auth-Method", request.method)
-        protocol = _PROTOCOLS.get(request.protocol)
-        if protocol is None:
-            raise _UnsendableError("Auth-Protocol", request.protocol)
-        # Values that are not escaped must be checked for CR, LF and NUL.
-        checked: list[tuple[bytes, bytes]] = []
-        if request.salt and method in (b"apop", b"cram-md5"):
-            # nginx keeps the challenge's CRLF in the salt and sends it as the line end.
-            checked.append((b"Auth-Salt", request.salt.removesuffix(b"\r\n")))
-        checked.append((b"Client-IP", request.client_ip.encode("ascii", "replace")))
-        if request.client_host:
-            checked.append((b"Client-Host", request.client_host.encode("utf-8")))
-        proxy = request.proxy
-        if proxy is not None:
-            checked += (
-                (b"Proxy-Protocol-Addr", proxy.addr.encode("ascii", "replace")),
-                (b"Proxy-Protocol-Port", b"%d" % proxy.port),
-                (b"Proxy-Protocol-Server-Addr", proxy.server_addr.encode("ascii", "replace")),
-                (b"Proxy-Protocol-Server-Port", b"%d" % proxy.server_port),
-            )
-        if method == b"none":
-            checked += (
-                (b"Auth-SMTP-Helo", request.helo),
-                (b"Auth-SMTP-From", request.mail_from),
-                (b"Auth-SMTP-To", request.rcpt_to),
-            )
-        tls = request.tls
-        if tls is not None:
-            checked.append((b"Auth-SSL", b"on"))
-            for name, text in (
-                (b"Auth-SSL-Protocol", tls.protocol),
-                (b"Auth-SSL-Cipher", tls.cipher),
-                (b"Auth-SSL-Verify", tls.verify),
-                (b"Auth-SSL-Subject", tls.subject),
-                (b"Auth-SSL-Issuer", tls.issuer),
-                (b"Auth-SSL-Serial", tls.serial),
-                (b"Auth-SSL-Fingerprint", tls.fingerprint),
-            ):
-                if text:
-                    checked.append((name, text.encode("utf-8")))
-        if _UNSAFE.search(b"".join([value for _, value in checked])) is not None:
-            for name, value in checked:
-                if _UNSAFE.search(value) is not None:
-                    raise _UnsendableError(name.decode("ascii"), value)
-
-        headers = Headers()
-        add = headers.addRawHeader
-        add(b"Host", self._targets[0].host)
-        add(b"Auth-Method", method)
-        add(b"Auth-User", escape_auth_value(request.user))
-        add(b"Auth-Pass", escape_auth_value(request.password))
-        position = 0
-        if checked[0][0] == b"Auth-Salt":
-            add(*checked[0])
-            position = 1
-        add(b"Auth-Protocol", protocol)
-        add(b"Auth-Login-Attempt", b"%d" % request.attempt)
-        for name, value in checked[position:]:
-            add(name, value)
-        if tls is not None and self._pass_client_cert and tls.certificate_pem:
-            add(
-                b"Auth-SSL-Cert", escape_auth_value(tls.certificate_pem.encode("ascii", "replace"))
-            )
-        for name, value in self._static:
-            add(name, value)
-        return headers
 
     async def _lookup(self, headers: Headers, request: AuthRequest) -> Decision:
         """Ask until the service answers OK or a failure; ``Auth-Status: WAIT`` asks again."""
@@ -488,7 +391,7 @@ class HTTPRouter:
         if (
             password is None
             and request.protocol != "smtp"
-            and _AUTH_METHODS.get(request.method) in _NEEDS_AUTH_PASS
+            and AUTH_METHODS.get(request.method) in _NEEDS_AUTH_PASS
         ):
             raise _InvalidAnswerError("did not send password")
         host = parse_auth_server(server.decode("latin-1"))
