@@ -9,7 +9,7 @@ from typing import Any
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
@@ -615,6 +615,21 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
 
+class CancelTests(SynchronousTestCase):
+    """A cancelled lookup (the client left) stops where it is."""
+
+    def test_cancel_asks_no_further_url(self) -> None:
+        """Cancelling drops the request in flight, logs nothing and asks no other URL."""
+        wire = _Wire(urls=(URL, "http://auth2.example:8081/auth"))
+        with _router_events() as events:
+            d = wire.router.lookup(IMAP_REQUEST)
+            protocol, _ = wire.connect(0)
+            d.cancel()
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((len(wire.reactor.tcpClients), events), (1, []))
+
+
 class AnswerTests(SynchronousTestCase):
     """How each kind of answer becomes a decision, as nginx reads it."""
 
@@ -816,6 +831,33 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual(
             [dict(h)[b"Host"] for h in resource.headers], [[b"auth.example"], [b"auth2.example"]]
         )
+
+    def test_wait_after_failover_starts_again_at_the_first_url(self) -> None:
+        """A WAIT round after a failover asks the first URL again, with its own Host."""
+        answers: list[Answer] = [503, {"Auth-Status": "WAIT"}, _ok()]
+        router, resource, agent, clock = _traversal(
+            lambda headers: answers.pop(0), urls=(URL, "http://auth2.example/auth")
+        )
+        d = router.lookup(SMTP_REQUEST)
+        agent.flush()
+        clock.advance(0)
+        agent.flush()
+        self.assertIsInstance(self.successResultOf(d), Accept)
+        self.assertEqual(
+            [dict(h)[b"Host"] for h in resource.headers],
+            [[b"auth.example"], [b"auth2.example"], [b"auth.example"]],
+        )
+
+    def test_cancel_during_wait_asks_no_more(self) -> None:
+        """A lookup cancelled while it waits to ask again never asks again."""
+        router, resource, agent, clock = _traversal({"Auth-Status": "WAIT", "Auth-Wait": "5"})
+        d = router.lookup(SMTP_REQUEST)
+        agent.flush()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        clock.advance(10)
+        agent.flush()
+        self.assertEqual((len(resource.headers), clock.getDelayedCalls()), (1, []))
 
     def test_no_failover_on_bad_answer(self) -> None:
         """A well-formed but unusable answer fails at once: the next URL runs the same code."""
