@@ -21,6 +21,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -34,6 +35,13 @@ from relaygate.routing.http import (
     new_http_router,
     parse_auth_server,
 )
+from relaygate.routing.http_request import (
+    NGINX_NAMES,
+    UnsendableError,
+    configured_header,
+    request_headers,
+)
+from relaygate.routing.raw_headers import canonical_name
 from relaygate.routing.router import (
     Accept,
     AuthRequest,
@@ -613,6 +621,64 @@ class WireTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d)
         self.assertTrue(transport.disconnecting or transport.disconnected)
+
+
+class RequestHeadersTests(SynchronousTestCase):
+    """The headers are handed over pre-built: exactly what Twisted's public API would build."""
+
+    def test_names_are_canonical(self) -> None:
+        """Every header of the fullest request is stored as Headers.addRawHeader would."""
+        tls = ClientTLS(
+            protocol="TLSv1.3",
+            cipher="TLS_AES_256_GCM_SHA384",
+            verify="SUCCESS",
+            subject="CN=client",
+            issuer="CN=CA",
+            serial="1A",
+            fingerprint="01ab",
+            certificate_pem="PEM",
+        )
+        request = AuthRequest(
+            protocol="smtp",
+            client_ip="192.0.2.7",
+            client_host="client.example",
+            helo=b"client.example",
+            mail_from=b"MAIL FROM:<a@example.com>",
+            rcpt_to=b"RCPT TO:<b@example.org>",
+            tls=tls,
+            proxy=ProxyAddresses("203.0.113.9", 40000, "198.51.100.1", 25),
+        )
+        static = (configured_header("x-auth-key", "k"), configured_header("Auth-User", "again"))
+        built = request_headers(request, b"auth.example", static, pass_client_cert=True)
+        public = TwistedHeaders()
+        for name, values in built.getAllRawHeaders():
+            for value in values:
+                public.addRawHeader(name.lower(), value)
+        self.assertEqual(list(built.getAllRawHeaders()), list(public.getAllRawHeaders()))
+        self.assertEqual(built.getRawHeaders(b"auth-user"), [b"", b"again"])
+        self.assertEqual(len(list(built.getAllRawHeaders())), 25)
+
+    def test_apop_salt_is_canonical(self) -> None:
+        """The APOP salt goes after Auth-Pass, under the name Headers uses."""
+        request = AuthRequest(
+            protocol="pop3", client_ip="192.0.2.7", method="apop", salt=b"<1.2@host>\r\n"
+        )
+        built = request_headers(request, b"auth.example")
+        self.assertEqual(
+            [name for name, _ in built.getAllRawHeaders()][3:6],
+            [b"Auth-Pass", b"Auth-Salt", b"Auth-Protocol"],
+        )
+
+    def test_unsendable_header_is_named_as_nginx_names_it(self) -> None:
+        """The log event names the header in nginx's spelling."""
+        request = AuthRequest(protocol="smtp", client_ip="192.0.2.7", helo=b"bad\rhelo")
+        with self.assertRaises(UnsendableError) as caught:
+            request_headers(request, b"auth.example")
+        self.assertEqual(caught.exception.header, "Auth-SMTP-Helo")
+        self.assertEqual(
+            sorted(canonical_name(name.encode()) for name in NGINX_NAMES)[:3],
+            [b"Auth-Salt", b"Auth-Smtp-From", b"Auth-Smtp-Helo"],
+        )
 
 
 class CancelTests(SynchronousTestCase):

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 import tests.properties  # noqa: F401 (the Hypothesis profile)
 from relaygate.config.auth import AuthConfig
-from relaygate.routing import http_wire
+from relaygate.routing import http_wire, raw_headers
 from relaygate.routing.http import new_http_router
 from relaygate.routing.http_agent import LeanAgent
 from relaygate.routing.http_client import AuthHTTPClient, _AuthEndpoints
@@ -37,9 +37,8 @@ from relaygate.routing.http_wire import (
     HTTPConnection,
     ResponseHead,
     ResponseParser,
-    canonical_headers,
-    canonical_name,
 )
+from relaygate.routing.raw_headers import canonical_name, headers_from_raw
 from relaygate.routing.router import Accept, AuthRequest
 from relaygate.tls.client import https_policy
 
@@ -176,6 +175,7 @@ class ParserTests(SynchronousTestCase):
                 CHUNKED,
                 b"HTTP/1.0 200 OK\nAuth-Status: OK\n\n",
                 b"\r\nHTTP/1.1 500 Server Error\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nA: 1\nB:2 \r\nA: 3\r\nContent-Length: 2\r\n\r\nokHTTP",
             ]
         ),
         cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=12),
@@ -197,17 +197,17 @@ class HeadersTests(SynchronousTestCase):
     def test_twisted_keeps_raw_headers_where_expected(self) -> None:
         """Headers still stores canonical names in _rawHeaders: the fast path is in use.
 
-        If a Twisted release changes that, this fails, and canonical_headers falls back to
+        If a Twisted release changes that, this fails, and headers_from_raw falls back to
         the public API (checked below) until the fast path is adapted.
         """
         self.assertIn("_rawHeaders", Headers.__slots__)
-        self.assertTrue(http_wire._RAW_HEADERS)
+        self.assertTrue(raw_headers._RAW_HEADERS)
 
     def test_fast_and_public_paths_agree(self) -> None:
         """Both ways of building give the same Headers, values in order."""
-        pairs = [(b"Host", b"a"), (b"Auth-User", b"bob"), (b"Host", b"b")]
-        fast = canonical_headers(pairs)
-        public = http_wire._public_headers({b"Host": [b"a", b"b"], b"Auth-User": [b"bob"]})
+        raw = {b"Host": [b"a", b"b"], b"Auth-User": [b"bob"]}
+        fast = headers_from_raw(raw)
+        public = raw_headers._public_headers(raw)
         self.assertEqual(fast, public)
         self.assertEqual(
             list(fast.getAllRawHeaders()), [(b"Host", [b"a", b"b"]), (b"Auth-User", [b"bob"])]
@@ -320,6 +320,18 @@ class AgentTests(SynchronousTestCase):
             self.assertIsInstance(body.reason.value, ResponseDone)
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertFalse(transport.disconnecting)
+
+    def test_empty_body_frees_the_connection_first(self) -> None:
+        """With no body to read, the connection is idle again when the caller gets the answer."""
+        d = self.request()
+        connection, transport = self.connect()
+        again: list[Deferred[IResponse]] = []
+        d.addCallback(lambda response: again.append(self.request()))
+        transport.clear()
+        connection.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(len(again), 1)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(transport.value(), b"GET /auth?x=1 HTTP/1.1\r\nHost: auth\r\n\r\n")
 
     def test_connection_close_is_not_reused(self) -> None:
         """An answer with Connection: close closes its connection; the next request opens one."""

@@ -165,15 +165,21 @@ class _InvalidAnswerError(Exception):
 class _BodyDiscarder(Protocol):
     """Read and drop a response body (nginx ignores it) so the connection can serve again.
 
-    L{done} fires with the response once the body has ended, however it ended: the answer is
-    in the headers. A body longer than C{limit} is not worth reading: the connection is
-    dropped instead. Cancelling L{done} drops it too.
+    A body longer than C{limit} is not worth reading: the connection is dropped instead.
+    C{ended} tells whether the body has ended (however it ended: the answer is in the
+    headers); L{wait} gives a L{Deferred} for that, whose cancelling drops the connection too.
     """
 
     def __init__(self, response: IResponse, limit: int) -> None:
         self._response = response
         self._left = limit
-        self.done: Deferred[IResponse] = Deferred(self._stop)
+        self._done: Deferred[IResponse] | None = None
+        self.ended = False
+
+    def wait(self) -> Deferred[IResponse]:
+        """A Deferred that fires with the response when its body has ended."""
+        self._done = Deferred(self._stop)
+        return self._done
 
     def _stop(self, _: Deferred[IResponse]) -> None:
         if self.transport is not None:
@@ -187,15 +193,22 @@ class _BodyDiscarder(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(self._response)
+        self.ended = True
+        done = self._done
+        if done is not None and not done.called:
+            done.callback(self._response)
 
 
-def _read_body(response: IResponse) -> Deferred[IResponse]:
-    """Discard C{response}'s body; fire with C{response} when it has ended."""
+def _read_body(response: IResponse) -> IResponse | Deferred[IResponse]:
+    """Discard C{response}'s body; C{response} once the body has ended.
+
+    A body that has already ended (the usual empty one) needs no L{Deferred} to wait for.
+    """
     discarder = _BodyDiscarder(response, _MAX_BODY)
     response.deliverBody(discarder)
-    return discarder.done
+    if discarder.ended:
+        return response
+    return discarder.wait()
 
 
 class HTTPRouter:

@@ -12,7 +12,7 @@ from typing import Final
 
 from twisted.web.http_headers import Headers
 
-from relaygate.routing.http_wire import canonical_headers, canonical_name
+from relaygate.routing.raw_headers import canonical_name, headers_from_raw
 from relaygate.routing.router import AuthRequest
 
 # nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
@@ -31,6 +31,28 @@ _PROTOCOLS: Final[dict[str, bytes]] = {"smtp": b"smtp", "imap": b"imap", "pop3":
 # space and "%" become %XX with upper-case hex digits; everything else, UTF-8 too, is kept.
 _NEEDS_ESCAPE: Final = re.compile(rb"[\x00-\x20%]")
 _UNSAFE: Final = re.compile(rb"[\r\n\x00]")
+# The checked headers' names as nginx writes them, by the name Headers stores: for log events.
+NGINX_NAMES: Final = (
+    "Auth-Salt",
+    "Client-IP",
+    "Client-Host",
+    "Proxy-Protocol-Addr",
+    "Proxy-Protocol-Port",
+    "Proxy-Protocol-Server-Addr",
+    "Proxy-Protocol-Server-Port",
+    "Auth-SMTP-Helo",
+    "Auth-SMTP-From",
+    "Auth-SMTP-To",
+    "Auth-SSL",
+    "Auth-SSL-Protocol",
+    "Auth-SSL-Cipher",
+    "Auth-SSL-Verify",
+    "Auth-SSL-Subject",
+    "Auth-SSL-Issuer",
+    "Auth-SSL-Serial",
+    "Auth-SSL-Fingerprint",
+)
+_NGINX_NAMES: Final = {canonical_name(name.encode("ascii")): name for name in NGINX_NAMES}
 
 
 def escape_auth_value(value: bytes) -> bytes:
@@ -47,7 +69,7 @@ def _percent(match: re.Match[bytes]) -> bytes:
 def configured_header(name: str, value: str) -> tuple[bytes, bytes]:
     """A configured header as L{Headers} would store it: canonical name, CR and LF made spaces.
 
-    Done once here, so that each request can skip those steps (L{canonical_headers}).
+    Done once here, so that each request can skip those steps (L{headers_from_raw}).
     """
     headers = Headers()
     headers.addRawHeader(name.encode("ascii"), value.encode("utf-8"))
@@ -83,12 +105,13 @@ def request_headers(
     protocol = _PROTOCOLS.get(request.protocol)
     if protocol is None:
         raise UnsendableError("Auth-Protocol", request.protocol)
-    # Values that are not escaped must be checked for CR, LF and NUL.
+    # Values that are not escaped must be checked for CR, LF and NUL. Names are written in
+    # Headers' canonical case (tests/test_routing_http.py RequestHeadersTests pins them).
     checked: list[tuple[bytes, bytes]] = []
     if request.salt and method in (b"apop", b"cram-md5"):
         # nginx keeps the challenge's CRLF in the salt and sends it as the line end.
         checked.append((b"Auth-Salt", request.salt.removesuffix(b"\r\n")))
-    checked.append((b"Client-IP", request.client_ip.encode("ascii", "replace")))
+    checked.append((b"Client-Ip", request.client_ip.encode("ascii", "replace")))
     if request.client_host:
         checked.append((b"Client-Host", request.client_host.encode("utf-8")))
     proxy = request.proxy
@@ -101,52 +124,53 @@ def request_headers(
         )
     if method == b"none":
         checked += (
-            (b"Auth-SMTP-Helo", request.helo),
-            (b"Auth-SMTP-From", request.mail_from),
-            (b"Auth-SMTP-To", request.rcpt_to),
+            (b"Auth-Smtp-Helo", request.helo),
+            (b"Auth-Smtp-From", request.mail_from),
+            (b"Auth-Smtp-To", request.rcpt_to),
         )
     tls = request.tls
     if tls is not None:
-        checked.append((b"Auth-SSL", b"on"))
+        checked.append((b"Auth-Ssl", b"on"))
         for name, text in (
-            (b"Auth-SSL-Protocol", tls.protocol),
-            (b"Auth-SSL-Cipher", tls.cipher),
-            (b"Auth-SSL-Verify", tls.verify),
-            (b"Auth-SSL-Subject", tls.subject),
-            (b"Auth-SSL-Issuer", tls.issuer),
-            (b"Auth-SSL-Serial", tls.serial),
-            (b"Auth-SSL-Fingerprint", tls.fingerprint),
+            (b"Auth-Ssl-Protocol", tls.protocol),
+            (b"Auth-Ssl-Cipher", tls.cipher),
+            (b"Auth-Ssl-Verify", tls.verify),
+            (b"Auth-Ssl-Subject", tls.subject),
+            (b"Auth-Ssl-Issuer", tls.issuer),
+            (b"Auth-Ssl-Serial", tls.serial),
+            (b"Auth-Ssl-Fingerprint", tls.fingerprint),
         ):
             if text:
                 checked.append((name, text.encode("utf-8")))
     if _UNSAFE.search(b"".join([value for _, value in checked])) is not None:
         for name, value in checked:
             if _UNSAFE.search(value) is not None:
-                raise UnsendableError(name.decode("ascii"), value)
+                raise UnsendableError(_NGINX_NAMES.get(name, name.decode("ascii")), value)
 
     # Every value here is escaped, a constant or checked above, and every name is in
-    # Headers' canonical case: canonical_headers skips Twisted's second check of each.
-    pairs = [
-        (b"Host", host),
-        (b"Auth-Method", method),
-        (b"Auth-User", escape_auth_value(request.user)),
-        (b"Auth-Pass", escape_auth_value(request.password)),
-    ]
+    # Headers' canonical case: headers_from_raw skips Twisted's second check of each.
+    raw = {
+        b"Host": [host],
+        b"Auth-Method": [method],
+        b"Auth-User": [escape_auth_value(request.user)],
+        b"Auth-Pass": [escape_auth_value(request.password)],
+    }
     position = 0
     if checked[0][0] == b"Auth-Salt":
-        pairs.append(checked[0])
+        raw[b"Auth-Salt"] = [checked[0][1]]
         position = 1
-    pairs += (
-        (b"Auth-Protocol", protocol),
-        (b"Auth-Login-Attempt", b"%d" % request.attempt),
-    )
-    pairs += [(canonical_name(name), value) for name, value in checked[position:]]
+    raw[b"Auth-Protocol"] = [protocol]
+    raw[b"Auth-Login-Attempt"] = [b"%d" % request.attempt]
+    for index in range(position, len(checked)):
+        name, value = checked[index]
+        raw[name] = [value]
     if tls is not None and pass_client_cert and tls.certificate_pem:
-        pairs.append(
-            (
-                b"Auth-Ssl-Cert",
-                escape_auth_value(tls.certificate_pem.encode("ascii", "replace")),
-            )
-        )
-    pairs += static
-    return canonical_headers(pairs)
+        pem = tls.certificate_pem.encode("ascii", "replace")
+        raw[b"Auth-Ssl-Cert"] = [escape_auth_value(pem)]
+    for name, value in static:
+        values = raw.get(name)
+        if values is None:
+            raw[name] = [value]
+        else:
+            values.append(value)
+    return headers_from_raw(raw)

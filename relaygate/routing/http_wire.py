@@ -23,7 +23,7 @@ The pool, the retry of a stale connection and the L{IAgent} are in L{relaygate.r
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final
 from typing import Protocol as TypingProtocol
@@ -39,6 +39,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from typing_extensions import override
 from zope.interface import implementer
 
+from relaygate.routing.raw_headers import canonical_name, headers_from_raw, known_names
+
 MAX_LINE: Final = 16 * 1024
 MAX_HEADERS: Final = 100
 # A chunk size or Content-Length with more digits is not an auth answer.
@@ -49,74 +51,6 @@ _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DIGITS: Final = re.compile(rb"[0-9]{1,%d}" % _MAX_DIGITS)
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_DIGITS)
 _OWS: Final = b" \t"
-
-
-def _raw_headers_settable() -> bool:
-    """Whether a L{Headers} keeps its values in C{_rawHeaders}, a dict of canonical names.
-
-    L{canonical_headers} fills that dict directly. It is private to Twisted, so this checks,
-    once, that it still means what it meant in Twisted 26.10; if not, the public API is used.
-    """
-    probe = Headers()
-    try:
-        probe._rawHeaders = {b"X-Probe": [b"1"]}
-    except AttributeError:
-        return False
-    return probe.getRawHeaders(b"x-probe") == [b"1"] and list(probe.getAllRawHeaders()) == [
-        (b"X-Probe", [b"1"])
-    ]
-
-
-_RAW_HEADERS: Final = _raw_headers_settable()
-
-
-def canonical_headers(pairs: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """A L{Headers} holding C{pairs}, in order, without checking or rewriting them again.
-
-    Every name must already be in Twisted's canonical case (L{canonical_name}) and no value may
-    hold CR or LF: the caller has checked them. L{Headers.addRawHeader} would canonicalise each
-    name and scan each value once more, for every lookup.
-    """
-    raw: dict[bytes, list[bytes]] = {}
-    for name, value in pairs:
-        values = raw.get(name)
-        if values is None:
-            raw[name] = [value]
-        else:
-            values.append(value)
-    if _RAW_HEADERS:
-        headers = Headers()
-        headers._rawHeaders = raw
-        return headers
-    return _public_headers(raw)
-
-
-def _public_headers(raw: dict[bytes, list[bytes]]) -> Headers:
-    headers = Headers()
-    for name, values in raw.items():
-        headers.setRawHeaders(name, values)
-    return headers
-
-
-_canonical: dict[bytes, bytes] = {}
-_MAX_CANONICAL: Final = 1024
-
-
-def canonical_name(name: bytes) -> bytes:
-    """C{name} in the case L{Headers} stores it (C{Client-IP} becomes C{Client-Ip}).
-
-    Asked of Twisted once per name (its rules have exceptions such as C{ETag}), then cached;
-    the cache is bounded, since the names in answers come from the network.
-    """
-    known = _canonical.get(name)
-    if known is not None:
-        return known
-    probe = Headers()
-    probe.addRawHeader(name, b"")
-    [(result, _)] = probe.getAllRawHeaders()
-    if len(_canonical) < _MAX_CANONICAL:
-        _canonical[name] = result
-    return result
 
 
 class BadResponseError(Exception):
@@ -232,6 +166,20 @@ class ResponseParser:
         return self.done
 
     def _parse_head(self, data: bytes) -> bytes:
+        if not self._lines and data[:1] not in (b"\r", b"\n"):
+            # The usual case, a whole head in one read with CRLF line ends only: one search
+            # and one split. Each line then fits, and no bare CR or LF hides inside one.
+            end = data.find(b"\r\n\r\n")
+            if 0 < end <= MAX_LINE:
+                block = data[:end]
+                crlf = block.count(b"\r\n")
+                if crlf <= MAX_HEADERS and block.count(b"\r") == crlf == block.count(b"\n"):
+                    self.head = self._head(block.split(b"\r\n"))
+                    return data[end + 4 :]
+        return self._parse_head_lines(data)
+
+    def _parse_head_lines(self, data: bytes) -> bytes:
+        """The general case: lines in any split, ending in CRLF or LF, checked one by one."""
         position = 0
         lines = self._lines
         while True:
@@ -247,6 +195,8 @@ class ResponseParser:
                 line = line[:-1]
             if len(line) > MAX_LINE:
                 raise BadResponseError("header line too long")
+            if b"\r" in line:
+                raise BadResponseError("bare CR in a header line")
             if not line:
                 if not lines:
                     # RFC 9112 2.2: an empty line before the status line may be skipped.
@@ -266,34 +216,43 @@ class ResponseParser:
         code = int(status[2])
         if code < 200:
             raise BadResponseError(f"informational answer {code}")
-        pairs: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            colon = line.find(b":")
-            if colon <= 0:
-                raise BadResponseError(f"not a header line: {line[:80]!r}")
-            name = line[:colon]
-            if _TOKEN.fullmatch(name) is None:
-                # Folded lines (starting with a space) and names with spaces both land here.
-                raise BadResponseError(f"not a header name: {name[:80]!r}")
-            value = line[colon + 1 :].strip(_OWS)
-            if b"\r" in value:
-                raise BadResponseError("bare CR in a header value")
-            pairs.append((canonical_name(name), value))
-        headers = canonical_headers(pairs)
+        raw: dict[bytes, list[bytes]] = {}
+        known = known_names
+        for index in range(1, len(lines)):
+            name, colon, value = lines[index].partition(b":")
+            key = known.get(name)
+            if key is None:
+                if not colon:
+                    raise BadResponseError(f"not a header line: {lines[index][:80]!r}")
+                if _TOKEN.fullmatch(name) is None:
+                    # Folded lines (starting with a space) and names with spaces land here.
+                    raise BadResponseError(f"not a header name: {name[:80]!r}")
+                key = canonical_name(name)
+            elif not colon:
+                raise BadResponseError(f"not a header line: {lines[index][:80]!r}")
+            values = raw.get(key)
+            if values is None:
+                raw[key] = [value.strip(_OWS)]
+            else:
+                values.append(value.strip(_OWS))
         keep_alive = minor >= 1
-        for value in headers.getRawHeaders(b"Connection", ()):
-            if b"close" in (token.strip(_OWS).lower() for token in value.split(b",")):
+        for value in raw.get(b"Connection", ()):
+            lowered = value.lower()
+            if lowered != b"keep-alive" and b"close" in [
+                token.strip(_OWS) for token in lowered.split(b",")
+            ]:
                 keep_alive = False
-        length = self._framing(headers, code)
+        length = self._framing(raw, code)
         if self._body is _Body.UNTIL_CLOSE:
             keep_alive = False
         phrase = status[3] or b""
+        headers = headers_from_raw(raw)
         return ResponseHead((b"HTTP", 1, minor), code, phrase, headers, length, keep_alive)
 
-    def _framing(self, headers: Headers, code: int) -> int | None:
+    def _framing(self, raw: dict[bytes, list[bytes]], code: int) -> int | None:
         """Decide how the body ends (RFC 9112 6.3); return the Content-Length, if any."""
-        encodings = headers.getRawHeaders(b"Transfer-Encoding")
-        lengths = headers.getRawHeaders(b"Content-Length")
+        encodings = raw.get(b"Transfer-Encoding")
+        lengths = raw.get(b"Content-Length")
         if code in (204, 304):
             self._body = _Body.NONE
             self._finish()
@@ -307,19 +266,23 @@ class ResponseParser:
             self._state = _State.CHUNK_SIZE
             return None
         if lengths is not None:
-            found = {part.strip(_OWS) for value in lengths for part in value.split(b",")}
-            if len(found) != 1:
-                raise BadResponseError(f"conflicting Content-Length {lengths!r}")
-            [text] = found
-            if _DIGITS.fullmatch(text) is None:
-                raise BadResponseError(f"invalid Content-Length {text[:80]!r}")
-            self._left = int(text)
+            if len(lengths) == 1 and lengths[0].isdigit() and len(lengths[0]) <= _MAX_DIGITS:
+                left = int(lengths[0])
+            else:
+                found = {part.strip(_OWS) for value in lengths for part in value.split(b",")}
+                if len(found) != 1:
+                    raise BadResponseError(f"conflicting Content-Length {lengths!r}")
+                [text] = found
+                if _DIGITS.fullmatch(text) is None:
+                    raise BadResponseError(f"invalid Content-Length {text[:80]!r}")
+                left = int(text)
+            self._left = left
             self._body = _Body.LENGTH
-            if self._left:
+            if left:
                 self._state = _State.BODY
             else:
                 self._finish()
-            return self._left
+            return left
         self._body = _Body.UNTIL_CLOSE
         self._state = _State.BODY
         return None
@@ -520,10 +483,16 @@ class HTTPConnection(Protocol):
             head = parser.feed(data)
             if head is not None:
                 self._reusable = head.keep_alive
-                self._response = WireResponse(head, self)
+                response = self._response = WireResponse(head, self)
                 exchange = self._exchange
                 assert exchange is not None
-                exchange.response_received(self._response)
+                if parser.done:
+                    # No body (Content-Length: 0, 204, 304): the connection goes back first,
+                    # so the reader of the body finds it ended as soon as it asks.
+                    self._complete(reusable=self._reusable and not parser.leftover)
+                    exchange.response_received(response)
+                    return
+                exchange.response_received(response)
                 if self._parser is not parser:
                     return
                 parser.feed(b"")
