@@ -530,6 +530,28 @@ class AgentTests(SynchronousTestCase):
         self.request()
         self.assertEqual(len(self.reactor.tcpClients), 2)
 
+    def test_dropped_idle_connection_is_not_picked(self) -> None:
+        """A connection dropped while idle is skipped even before its loss is reported."""
+        d = self.request()
+        connection, _ = self.connect()
+        connection.dataReceived(OK)
+        self.read(d)
+        connection.dataReceived(b"junk")
+        self.request()
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_stopping_an_ended_body_keeps_the_connection(self) -> None:
+        """Once the body has ended, its transport's stopProducing leaves the connection be."""
+        d = self.request()
+        connection, transport = self.connect()
+        connection.dataReceived(OK)
+        _, body = self.read(d)
+        assert body.transport is not None
+        body.transport.stopProducing()  # type: ignore[attr-defined]
+        self.assertFalse(transport.disconnecting)
+        self.request()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+
     def test_close_cached_connections(self) -> None:
         """Closing the pool closes idle connections and fires once they are gone."""
         d = self.request()

@@ -133,9 +133,12 @@ class LeanAgent:
             del idle[:expired]
             for connection in stale:
                 connection.close()
-            if not idle:
-                return None
-        return idle.pop()
+        while idle:
+            connection = idle.pop()
+            # One dropped while idle (bytes nobody asked for) until its loss is reported.
+            if connection.usable:
+                return connection
+        return None
 
     def connected(self, key: _Key, connection: HTTPConnection) -> None:
         """A new connection to C{key}: forget it from the pool when it is lost."""

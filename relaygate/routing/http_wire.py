@@ -357,26 +357,32 @@ class Exchange(TypingProtocol):
 
 @implementer(IPushProducer)
 class _BodyProducer:
-    """What the body's protocol sees as its transport: stopping it drops the connection."""
+    """What the body's protocol sees as its transport: stopping it drops the connection.
 
-    def __init__(self, connection: HTTPConnection) -> None:
+    Once the body has ended the connection may already serve the next request, so then these
+    do nothing.
+    """
+
+    def __init__(self, connection: HTTPConnection, response: WireResponse) -> None:
         self._connection = connection
+        self._response = response
 
     def pauseProducing(self) -> None:
         """Stop reading the connection."""
         transport = self._connection.transport
-        if transport is not None:
+        if transport is not None and self._response.reading:
             transport.pauseProducing()  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         """Read the connection again."""
         transport = self._connection.transport
-        if transport is not None:
+        if transport is not None and self._response.reading:
             transport.resumeProducing()  # type: ignore[attr-defined]
 
     def stopProducing(self) -> None:
         """Give up on the body: the connection is closed, not reused."""
-        self._connection.abandon()
+        if self._response.reading:
+            self._connection.abandon()
 
 
 @implementer(IResponse)
@@ -405,12 +411,17 @@ class WireResponse:
         if self._protocol is not None:
             raise RuntimeError("the body was already delivered")
         self._protocol = protocol
-        protocol.makeConnection(_BodyProducer(self._connection))  # type: ignore[arg-type]
+        protocol.makeConnection(_BodyProducer(self._connection, self))  # type: ignore[arg-type]
         early, self._early = self._early, []
         for data in early:
             protocol.dataReceived(data)
         if self._end is not None:
             protocol.connectionLost(self._end)
+
+    @property
+    def reading(self) -> bool:
+        """Whether the body is still coming."""
+        return self._end is None
 
     def setPreviousResponse(self, response: IResponse) -> None:  # noqa: N802 (IResponse's name)
         """Redirects are not followed here; kept for L{IResponse}."""
@@ -432,8 +443,8 @@ class WireResponse:
             self._protocol.connectionLost(reason)
 
 
+# One for all answers: its receivers only look at it (Twisted's agent makes a new one each time).
 _RESPONSE_DONE: Final = Failure(ResponseDone("Response body fully received"))
-_DATA_LOSS: Final = Failure(PotentialDataLoss())
 
 
 class HTTPConnection(Protocol):
@@ -445,6 +456,7 @@ class HTTPConnection(Protocol):
         self._response: WireResponse | None = None
         self._received = False
         self._reusable = False
+        self._aborted = False
         self.lost = False
         self.idle_since = 0.0
         # Called once when the connection is lost (the agent's pool forgets it then).
@@ -463,8 +475,16 @@ class HTTPConnection(Protocol):
         """Drop the connection now, whatever it was doing: it will not be reused."""
         self._reusable = False
         self._parser = None
+        self._aborted = True
         if self.transport is not None and not self.lost:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    @property
+    def usable(self) -> bool:
+        """Whether the connection can carry a request: not lost, closed or dropped."""
+        return not (self.lost or self._aborted or self.transport is None) and not getattr(
+            self.transport, "disconnecting", False
+        )
 
     def close(self) -> None:
         """Close an idle connection."""
@@ -546,7 +566,7 @@ class HTTPConnection(Protocol):
                 self._exchange = None
                 if exchange is not None:
                     exchange.connection_done(self, False)
-                response.body_ended(_DATA_LOSS)
+                response.body_ended(Failure(PotentialDataLoss()))
             else:
                 self._fail(reason)
         elif self._response is not None:
