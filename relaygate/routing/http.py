@@ -194,7 +194,8 @@ class _BodyDiscarder(Protocol):
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.ended = True
-        done = self._done
+        # Let go of the Deferred (its canceller is a method of this protocol: a cycle).
+        done, self._done = self._done, None
         if done is not None and not done.called:
             done.callback(self._response)
 
@@ -259,8 +260,9 @@ class HTTPRouter:
             )
             return fail(RouterUnavailable(f"auth_http: {e.header} cannot be sent"))
         lookup = _Lookup(self, headers, request)
+        result = lookup.result
         lookup.ask()
-        return lookup.result
+        return result
 
     def _log_failed(self, index: int, target: _Target, failure: Failure) -> bool:
         """Log why asking C{target} failed; return whether the next URL may do better."""
@@ -409,9 +411,9 @@ class _Lookup:
         "_index",
         "_pending",
         "_request",
+        "_result",
         "_rounds",
         "_router",
-        "result",
     )
 
     def __init__(self, router: HTTPRouter, headers: Headers, request: AuthRequest) -> None:
@@ -425,7 +427,24 @@ class _Lookup:
         self._cancelled = False
         self._pending: Deferred[Any] | None = None
         self._delayed: IDelayedCall | None = None
-        self.result: Deferred[Decision] = Deferred(self._cancel)
+        self._result: Deferred[Decision] | None = Deferred(self._cancel)
+
+    @property
+    def result(self) -> Deferred[Decision]:
+        """The decision's Deferred; ask for it before L{ask}."""
+        assert self._result is not None
+        return self._result
+
+    def _fire(self, outcome: Decision | Failure | Exception) -> None:
+        """Fire the result once, and let go of it: its canceller refers back to this lookup,
+        and a cycle would leave both to the garbage collector, once per lookup."""
+        result, self._result = self._result, None
+        if result is None:
+            return
+        if isinstance(outcome, (Failure, Exception)):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
 
     def ask(self) -> None:
         """One HTTP request to the current URL, headers and body, within C{[auth] timeout}."""
@@ -463,8 +482,8 @@ class _Lookup:
         self._pending = None
         try:
             answer = self._router._answered(index, target, response, self._request)
-        except RouterUnavailable:
-            self.result.errback()
+        except RouterUnavailable as e:
+            self._fire(Failure(e))
             return
         if answer is None:
             self._next()
@@ -473,24 +492,24 @@ class _Lookup:
             self._rounds += 1
             self._delayed = self._router._clock.callLater(answer, self._again)
         else:
-            self.result.callback(answer)
+            self._fire(answer)
 
     def _failed(self, failure: Failure, index: int, target: _Target) -> None:
         self._pending = None
         if self._cancelled:
             return
         if failure.check(CancelledError):
-            self.result.errback(failure)
+            self._fire(failure)
         elif self._router._log_failed(index, target, failure):
             self._next()
         else:
-            self.result.errback(RouterUnavailable("auth_http: internal error"))
+            self._fire(RouterUnavailable("auth_http: internal error"))
 
     def _crashed(self, failure: Failure) -> Failure | None:
         """A bug in the steps above: fail the lookup with it rather than leave it waiting."""
-        if self.result.called:
+        if self._result is None:
             return failure
-        self.result.errback(failure)
+        self._fire(failure)
         return None
 
     def _next(self) -> None:
@@ -498,7 +517,7 @@ class _Lookup:
         if self._index < len(self._router._targets):
             self.ask()
         else:
-            self.result.errback(RouterUnavailable("auth_http: no auth service answered"))
+            self._fire(RouterUnavailable("auth_http: no auth service answered"))
 
     def _again(self) -> None:
         self._delayed = None
@@ -508,13 +527,15 @@ class _Lookup:
                 count=_MAX_WAITS + 1,
                 problem="too-many-waits",
             )
-            self.result.errback(RouterUnavailable("auth_http: answered WAIT too many times"))
+            self._fire(RouterUnavailable("auth_http: answered WAIT too many times"))
             return
         self._index = 0
         self.ask()
 
     def _cancel(self, _: Deferred[Decision]) -> None:
+        # Deferred.cancel fails the result itself once this returns.
         self._cancelled = True
+        self._result = None
         delayed, self._delayed = self._delayed, None
         if delayed is not None:
             delayed.cancel()

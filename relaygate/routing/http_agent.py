@@ -103,8 +103,9 @@ class LeanAgent:
             parts += (b"Host: ", route.host, b"\r\n")
         parts.append(b"\r\n")
         exchange = _Exchange(self, route, b"".join(parts), method in _IDEMPOTENT)
+        result = exchange.result
         exchange.start()
-        return exchange.result
+        return result
 
     def _route(self, uri: bytes) -> _Route:
         parsed = URI.fromBytes(uri)
@@ -186,10 +187,10 @@ class _Exchange:
         "_connecting",
         "_connection",
         "_data",
+        "_result",
         "_retry",
         "_reused",
         "_route",
-        "result",
     )
 
     def __init__(self, agent: LeanAgent, route: _Route, data: bytes, retry: bool) -> None:
@@ -202,7 +203,24 @@ class _Exchange:
         self._reused = False
         self._answered = False
         self._cancelled = False
-        self.result: Deferred[IResponse] = Deferred(self._cancel)
+        self._result: Deferred[IResponse] | None = Deferred(self._cancel)
+
+    @property
+    def result(self) -> Deferred[IResponse]:
+        """The answer's Deferred; ask for it before L{start}."""
+        assert self._result is not None
+        return self._result
+
+    def _fire(self, outcome: IResponse | Failure) -> None:
+        """Fire the result once, and let go of it: its canceller refers back to this exchange,
+        and a cycle would leave both to the garbage collector, once per request."""
+        result, self._result = self._result, None
+        if result is None:
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
 
     def start(self) -> None:
         """Send on an idle connection if there is one, else on a new one."""
@@ -228,11 +246,13 @@ class _Exchange:
 
     def _not_connected(self, reason: Failure) -> None:
         self._connecting = None
-        if not self._cancelled and not self.result.called:
-            self.result.errback(reason)
+        if not self._cancelled:
+            self._fire(reason)
 
     def _cancel(self, _: Deferred[IResponse]) -> None:
+        # Deferred.cancel fails the result itself once this returns.
         self._cancelled = True
+        self._result = None
         if self._connecting is not None:
             self._connecting.cancel()
         elif self._connection is not None and not self._answered:
@@ -241,18 +261,17 @@ class _Exchange:
     def response_received(self, response: WireResponse) -> None:
         """The head came: the caller gets the response and reads its body."""
         self._answered = True
-        if not self.result.called:
-            self.result.callback(response)
+        self._fire(response)
 
     def request_failed(self, reason: Failure, nothing_received: bool) -> None:
         """No answer: retry once if a reused connection was closed under us, else fail."""
         self._connection = None
-        if self._cancelled or self.result.called:
+        if self._cancelled or self._result is None:
             return
         if self._reused and nothing_received and self._retry:
             self._connect()
             return
-        self.result.errback(reason)
+        self._fire(reason)
 
     def connection_done(self, connection: HTTPConnection, reusable: bool) -> None:
         """The answer ended; a reusable connection goes back to the pool."""

@@ -403,20 +403,24 @@ class WireResponse:
         self.length: int | object = UNKNOWN_LENGTH if head.length is None else head.length
         self._connection = connection
         self._protocol: Protocol | None = None
+        self._delivered = False
         self._early: list[bytes] = []
         self._end: Failure | None = None
 
     def deliverBody(self, protocol: Protocol) -> None:  # noqa: N802 (IResponse's name)
         """Send the body to C{protocol}, then its C{connectionLost} with how it ended."""
-        if self._protocol is not None:
+        if self._delivered:
             raise RuntimeError("the body was already delivered")
-        self._protocol = protocol
+        self._delivered = True
         protocol.makeConnection(_BodyProducer(self._connection, self))  # type: ignore[arg-type]
         early, self._early = self._early, []
         for data in early:
             protocol.dataReceived(data)
         if self._end is not None:
             protocol.connectionLost(self._end)
+        else:
+            # Held only until the body ends: the protocol's transport refers back to this.
+            self._protocol = protocol
 
     @property
     def reading(self) -> bool:
@@ -439,8 +443,9 @@ class WireResponse:
         if self._end is not None:
             return
         self._end = reason
-        if self._protocol is not None:
-            self._protocol.connectionLost(reason)
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.connectionLost(reason)
 
 
 # One for all answers: its receivers only look at it (Twisted's agent makes a new one each time).
