@@ -9,7 +9,7 @@ from typing import Any
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
@@ -21,6 +21,7 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -34,6 +35,13 @@ from relaygate.routing.http import (
     new_http_router,
     parse_auth_server,
 )
+from relaygate.routing.http_request import (
+    NGINX_NAMES,
+    UnsendableError,
+    configured_header,
+    request_headers,
+)
+from relaygate.routing.raw_headers import canonical_name
 from relaygate.routing.router import (
     Accept,
     AuthRequest,
@@ -615,6 +623,79 @@ class WireTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
 
+class RequestHeadersTests(SynchronousTestCase):
+    """The headers are handed over pre-built: exactly what Twisted's public API would build."""
+
+    def test_names_are_canonical(self) -> None:
+        """Every header of the fullest request is stored as Headers.addRawHeader would."""
+        tls = ClientTLS(
+            protocol="TLSv1.3",
+            cipher="TLS_AES_256_GCM_SHA384",
+            verify="SUCCESS",
+            subject="CN=client",
+            issuer="CN=CA",
+            serial="1A",
+            fingerprint="01ab",
+            certificate_pem="PEM",
+        )
+        request = AuthRequest(
+            protocol="smtp",
+            client_ip="192.0.2.7",
+            client_host="client.example",
+            helo=b"client.example",
+            mail_from=b"MAIL FROM:<a@example.com>",
+            rcpt_to=b"RCPT TO:<b@example.org>",
+            tls=tls,
+            proxy=ProxyAddresses("203.0.113.9", 40000, "198.51.100.1", 25),
+        )
+        static = (configured_header("x-auth-key", "k"), configured_header("Auth-User", "again"))
+        built = request_headers(request, b"auth.example", static, pass_client_cert=True)
+        public = TwistedHeaders()
+        for name, values in built.getAllRawHeaders():
+            for value in values:
+                public.addRawHeader(name.lower(), value)
+        self.assertEqual(list(built.getAllRawHeaders()), list(public.getAllRawHeaders()))
+        self.assertEqual(built.getRawHeaders(b"auth-user"), [b"", b"again"])
+        self.assertEqual(len(list(built.getAllRawHeaders())), 25)
+
+    def test_apop_salt_is_canonical(self) -> None:
+        """The APOP salt goes after Auth-Pass, under the name Headers uses."""
+        request = AuthRequest(
+            protocol="pop3", client_ip="192.0.2.7", method="apop", salt=b"<1.2@host>\r\n"
+        )
+        built = request_headers(request, b"auth.example")
+        self.assertEqual(
+            [name for name, _ in built.getAllRawHeaders()][3:6],
+            [b"Auth-Pass", b"Auth-Salt", b"Auth-Protocol"],
+        )
+
+    def test_unsendable_header_is_named_as_nginx_names_it(self) -> None:
+        """The log event names the header in nginx's spelling."""
+        request = AuthRequest(protocol="smtp", client_ip="192.0.2.7", helo=b"bad\rhelo")
+        with self.assertRaises(UnsendableError) as caught:
+            request_headers(request, b"auth.example")
+        self.assertEqual(caught.exception.header, "Auth-SMTP-Helo")
+        self.assertEqual(
+            sorted(canonical_name(name.encode()) for name in NGINX_NAMES)[:3],
+            [b"Auth-Salt", b"Auth-Smtp-From", b"Auth-Smtp-Helo"],
+        )
+
+
+class CancelTests(SynchronousTestCase):
+    """A cancelled lookup (the client left) stops where it is."""
+
+    def test_cancel_asks_no_further_url(self) -> None:
+        """Cancelling drops the request in flight, logs nothing and asks no other URL."""
+        wire = _Wire(urls=(URL, "http://auth2.example:8081/auth"))
+        with _router_events() as events:
+            d = wire.router.lookup(IMAP_REQUEST)
+            protocol, _ = wire.connect(0)
+            d.cancel()
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((len(wire.reactor.tcpClients), events), (1, []))
+
+
 class AnswerTests(SynchronousTestCase):
     """How each kind of answer becomes a decision, as nginx reads it."""
 
@@ -816,6 +897,33 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual(
             [dict(h)[b"Host"] for h in resource.headers], [[b"auth.example"], [b"auth2.example"]]
         )
+
+    def test_wait_after_failover_starts_again_at_the_first_url(self) -> None:
+        """A WAIT round after a failover asks the first URL again, with its own Host."""
+        answers: list[Answer] = [503, {"Auth-Status": "WAIT"}, _ok()]
+        router, resource, agent, clock = _traversal(
+            lambda headers: answers.pop(0), urls=(URL, "http://auth2.example/auth")
+        )
+        d = router.lookup(SMTP_REQUEST)
+        agent.flush()
+        clock.advance(0)
+        agent.flush()
+        self.assertIsInstance(self.successResultOf(d), Accept)
+        self.assertEqual(
+            [dict(h)[b"Host"] for h in resource.headers],
+            [[b"auth.example"], [b"auth2.example"], [b"auth.example"]],
+        )
+
+    def test_cancel_during_wait_asks_no_more(self) -> None:
+        """A lookup cancelled while it waits to ask again never asks again."""
+        router, resource, agent, clock = _traversal({"Auth-Status": "WAIT", "Auth-Wait": "5"})
+        d = router.lookup(SMTP_REQUEST)
+        agent.flush()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        clock.advance(10)
+        agent.flush()
+        self.assertEqual((len(resource.headers), clock.getDelayedCalls()), (1, []))
 
     def test_no_failover_on_bad_answer(self) -> None:
         """A well-formed but unusable answer fails at once: the next URL runs the same code."""

@@ -130,7 +130,7 @@ class NewAuthClientTests(SynchronousTestCase):
             closed.append(True)
             return succeed(None)
 
-        service.pool.closeCachedConnections = close  # type: ignore[method-assign]
+        service.pool.close_cached_connections = close  # type: ignore[method-assign]
         service.startService()
         self.successResultOf(service.stopService())
         self.assertEqual(closed, [True])

@@ -1,7 +1,8 @@
 """The nginx ``auth_http`` router: ask an HTTP service which backend serves a session.
 
-The request headers, their escaping and the reading of the answer follow nginx's
-``src/mail/ngx_mail_auth_http_module.c``, so an auth service written for nginx works unchanged.
+The request headers and their escaping (built in L{relaygate.routing.http_request}) and the
+reading of the answer follow nginx's ``src/mail/ngx_mail_auth_http_module.c``, so an auth
+service written for nginx works unchanged.
 On top of that: one keep-alive connection pool, ``https://`` URLs, several URLs with failover, and
 HTTP 5xx treated as a temporary failure. ``docs/auth-http.md`` describes the protocol.
 """
@@ -20,9 +21,8 @@ from treq.client import HTTPClient
 from twisted.application.service import IService
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web._newclient import RequestNotSent  # raised by Agent, not re-exported
@@ -34,28 +34,19 @@ from typing_extensions import override
 from relaygate.addresses import HostPort
 from relaygate.config.auth import AuthConfig
 from relaygate.routing.http_client import HTTPPoolService, new_auth_client
+from relaygate.routing.http_request import (
+    AUTH_METHODS,
+    UnsendableError,
+    configured_header,
+    escape_auth_value,
+    request_headers,
+)
 from relaygate.routing.router import Accept, AuthRequest, Decision, Refuse, RouterUnavailable
 
-# nginx's ngx_mail_auth_http_method[]: LOGIN and USER/PASS are reported as "plain".
-_AUTH_METHODS: Final[dict[str, bytes]] = {
-    "plain": b"plain",
-    "login": b"plain",
-    "login-username": b"plain",
-    "user": b"plain",
-    "apop": b"apop",
-    "cram-md5": b"cram-md5",
-    "external": b"external",
-    "none": b"none",
-}
-_PROTOCOLS: Final[dict[str, bytes]] = {"smtp": b"smtp", "imap": b"imap", "pop3": b"pop3"}
 # Methods after which nginx has no client password to log in with (it clears the APOP/CRAM-MD5
 # digest once Auth-Salt is sent), so an OK answer must carry Auth-Pass for IMAP and POP3.
 _NEEDS_AUTH_PASS: Final = frozenset((b"apop", b"cram-md5", b"external"))
 
-# NGX_ESCAPE_MAIL_AUTH (the "memcached" table in src/core/ngx_string.c): bytes 0x00-0x1F,
-# space and "%" become %XX with upper-case hex digits; everything else, UTF-8 too, is kept.
-_NEEDS_ESCAPE: Final = re.compile(rb"[\x00-\x20%]")
-_UNSAFE: Final = re.compile(rb"[\r\n\x00]")
 # Text shown to a client (Auth-Status) must not carry control characters either.
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _DIGITS: Final = re.compile(rb"[0-9]+")
@@ -82,17 +73,6 @@ _TRANSPORT_ERRORS: Final = (
     DNSLookupError,
     OSError,
 )
-
-
-def escape_auth_value(value: bytes) -> bytes:
-    """Escape C{value} as nginx does for ``Auth-User``, ``Auth-Pass`` and ``Auth-SSL-Cert``."""
-    if _NEEDS_ESCAPE.search(value) is None:
-        return value
-    return _NEEDS_ESCAPE.sub(_percent, value)
-
-
-def _percent(match: re.Match[bytes]) -> bytes:
-    return b"%%%02X" % match[0][0]
 
 
 @lru_cache(maxsize=1024)
@@ -172,15 +152,6 @@ def _target(text: str, host_override: bytes | None) -> _Target:
     return _Target(url=url, text=text, host=host_override or host.encode("ascii"))
 
 
-class _UnsendableError(Exception):
-    """A request header would carry CR, LF or NUL, or a value nginx has no header text for."""
-
-    def __init__(self, header: str, value: object) -> None:
-        super().__init__(header)
-        self.header = header
-        self.value = value
-
-
 class _InvalidAnswerError(Exception):
     """The auth service answered, but not with something relaygate can act on."""
 
@@ -195,11 +166,24 @@ class _BodyDiscarder(Protocol):
     """Read and drop a response body (nginx ignores it) so the connection can serve again.
 
     A body longer than C{limit} is not worth reading: the connection is dropped instead.
+    C{ended} tells whether the body has ended (however it ended: the answer is in the
+    headers); L{wait} gives a L{Deferred} for that, whose cancelling drops the connection too.
     """
 
-    def __init__(self, done: Deferred[None], limit: int) -> None:
-        self._done = done
+    def __init__(self, response: IResponse, limit: int) -> None:
+        self._response = response
         self._left = limit
+        self._done: Deferred[IResponse] | None = None
+        self.ended = False
+
+    def wait(self) -> Deferred[IResponse]:
+        """A Deferred that fires with the response when its body has ended."""
+        self._done = Deferred(self._stop)
+        return self._done
+
+    def _stop(self, _: Deferred[IResponse]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -209,9 +193,23 @@ class _BodyDiscarder(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # The answer is in the headers; how the body ended does not change it.
-        if not self._done.called:
-            self._done.callback(None)
+        self.ended = True
+        # Let go of the Deferred (its canceller is a method of this protocol: a cycle).
+        done, self._done = self._done, None
+        if done is not None and not done.called:
+            done.callback(self._response)
+
+
+def _read_body(response: IResponse) -> IResponse | Deferred[IResponse]:
+    """Discard C{response}'s body; C{response} once the body has ended.
+
+    A body that has already ended (the usual empty one) needs no L{Deferred} to wait for.
+    """
+    discarder = _BodyDiscarder(response, _MAX_BODY)
+    response.deliverBody(discarder)
+    if discarder.ended:
+        return response
+    return discarder.wait()
 
 
 class HTTPRouter:
@@ -237,11 +235,11 @@ class HTTPRouter:
             lowered = name.lower()
             if lowered == "host":
                 # One Host header only: a configured one replaces the URL's host.
-                host_override = value.encode("utf-8")
+                host_override = configured_header(name, value)[1]
             elif lowered in _FRAMING_HEADERS:
                 raise ValueError(f"[auth] headers: {name} would break the HTTP request")
             else:
-                static.append((name.encode("ascii"), value.encode("utf-8")))
+                static.append(configured_header(name, value))
         self._static = tuple(static)
         self._targets = tuple(_target(url, host_override) for url in config.http)
         # Passed as treq's per-request cookies so it does not build an empty jar every time.
@@ -250,8 +248,10 @@ class HTTPRouter:
     def lookup(self, request: AuthRequest) -> Deferred[Decision]:
         """Ask the auth service about C{request}; L{RouterUnavailable} if it cannot say."""
         try:
-            headers = self._request_headers(request)
-        except _UnsendableError as e:
+            headers = request_headers(
+                request, self._targets[0].host, self._static, self._pass_client_cert
+            )
+        except UnsendableError as e:
             self._log.error(
                 "auth_http request not sent: {header} would carry {value!r}",
                 header=e.header,
@@ -259,187 +259,73 @@ class HTTPRouter:
                 problem="unsendable",
             )
             return fail(RouterUnavailable(f"auth_http: {e.header} cannot be sent"))
-        return Deferred.fromCoroutine(self._lookup(headers, request))
+        lookup = _Lookup(self, headers, request)
+        result = lookup.result
+        lookup.ask()
+        return result
 
-    def _request_headers(self, request: AuthRequest) -> Headers:
-        """The request headers, in nginx's order (ngx_mail_auth_http_create_request)."""
-        method = _AUTH_METHODS.get(request.method)
-        if method is None:
-            raise _UnsendableError("Auth-Method", request.method)
-        protocol = _PROTOCOLS.get(request.protocol)
-        if protocol is None:
-            raise _UnsendableError("Auth-Protocol", request.protocol)
-        # Values that are not escaped must be checked for CR, LF and NUL.
-        checked: list[tuple[bytes, bytes]] = []
-        if request.salt and method in (b"apop", b"cram-md5"):
-            # nginx keeps the challenge's CRLF in the salt and sends it as the line end.
-            checked.append((b"Auth-Salt", request.salt.removesuffix(b"\r\n")))
-        checked.append((b"Client-IP", request.client_ip.encode("ascii", "replace")))
-        if request.client_host:
-            checked.append((b"Client-Host", request.client_host.encode("utf-8")))
-        proxy = request.proxy
-        if proxy is not None:
-            checked += (
-                (b"Proxy-Protocol-Addr", proxy.addr.encode("ascii", "replace")),
-                (b"Proxy-Protocol-Port", b"%d" % proxy.port),
-                (b"Proxy-Protocol-Server-Addr", proxy.server_addr.encode("ascii", "replace")),
-                (b"Proxy-Protocol-Server-Port", b"%d" % proxy.server_port),
+    def _log_failed(self, index: int, target: _Target, failure: Failure) -> bool:
+        """Log why asking C{target} failed; return whether the next URL may do better."""
+        level = LogLevel.warn if index < len(self._targets) - 1 else LogLevel.error
+        error = failure.value
+        if isinstance(error, TimeoutError):
+            self._log.emit(
+                level,
+                "auth_http {url} timed out after {timeout} seconds",
+                url=target.text,
+                timeout=self._timeout,
+                problem="timeout",
             )
-        if method == b"none":
-            checked += (
-                (b"Auth-SMTP-Helo", request.helo),
-                (b"Auth-SMTP-From", request.mail_from),
-                (b"Auth-SMTP-To", request.rcpt_to),
+        elif isinstance(error, ConnectError):
+            self._log.emit(
+                level,
+                "auth_http {url} unreachable: {error}",
+                url=target.text,
+                error=str(error),
+                problem="unreachable",
             )
-        tls = request.tls
-        if tls is not None:
-            checked.append((b"Auth-SSL", b"on"))
-            for name, text in (
-                (b"Auth-SSL-Protocol", tls.protocol),
-                (b"Auth-SSL-Cipher", tls.cipher),
-                (b"Auth-SSL-Verify", tls.verify),
-                (b"Auth-SSL-Subject", tls.subject),
-                (b"Auth-SSL-Issuer", tls.issuer),
-                (b"Auth-SSL-Serial", tls.serial),
-                (b"Auth-SSL-Fingerprint", tls.fingerprint),
-            ):
-                if text:
-                    checked.append((name, text.encode("utf-8")))
-        if _UNSAFE.search(b"".join([value for _, value in checked])) is not None:
-            for name, value in checked:
-                if _UNSAFE.search(value) is not None:
-                    raise _UnsendableError(name.decode("ascii"), value)
-
-        headers = Headers()
-        add = headers.addRawHeader
-        add(b"Host", self._targets[0].host)
-        add(b"Auth-Method", method)
-        add(b"Auth-User", escape_auth_value(request.user))
-        add(b"Auth-Pass", escape_auth_value(request.password))
-        position = 0
-        if checked[0][0] == b"Auth-Salt":
-            add(*checked[0])
-            position = 1
-        add(b"Auth-Protocol", protocol)
-        add(b"Auth-Login-Attempt", b"%d" % request.attempt)
-        for name, value in checked[position:]:
-            add(name, value)
-        if tls is not None and self._pass_client_cert and tls.certificate_pem:
-            add(
-                b"Auth-SSL-Cert", escape_auth_value(tls.certificate_pem.encode("ascii", "replace"))
+        elif isinstance(error, _TRANSPORT_ERRORS):
+            self._log.emit(
+                level,
+                "auth_http {url} sent no valid HTTP response: {error!r}",
+                url=target.text,
+                error=_describe(error),
+                problem="bad-response",
             )
-        for name, value in self._static:
-            add(name, value)
-        return headers
+        else:
+            # A bug: log it with its traceback and give the client the temporary failure,
+            # without trying the next URL, which would run the same code.
+            self._log.failure("auth_http lookup at {url} failed", failure, url=target.text)
+            return False
+        return True
 
-    async def _lookup(self, headers: Headers, request: AuthRequest) -> Decision:
-        """Ask until the service answers OK or a failure; ``Auth-Status: WAIT`` asks again."""
-        for _ in range(_MAX_WAITS + 1):
-            answer = await self._ask_any(headers, request)
-            if not isinstance(answer, float):
-                return answer
-            # nginx sleeps Auth-Wait seconds (0: not at all) and sends the same request again.
-            await deferLater(self._clock, answer)
-        self._log.error(
-            "auth_http answered WAIT {count} times in a row",
-            count=_MAX_WAITS + 1,
-            problem="too-many-waits",
-        )
-        raise RouterUnavailable("auth_http: answered WAIT too many times")
+    def _answered(
+        self, index: int, target: _Target, response: IResponse, request: AuthRequest
+    ) -> Decision | float | None:
+        """Read C{target}'s answer: a decision, seconds to WAIT, or None to ask the next URL.
 
-    async def _ask_any(self, headers: Headers, request: AuthRequest) -> Decision | float:
-        """Ask each URL in turn until one answers over HTTP without a 5xx status."""
-        last = len(self._targets) - 1
-        for index, target in enumerate(self._targets):
-            level = LogLevel.warn if index < last else LogLevel.error
-            if index:
-                headers.setRawHeaders(b"Host", (target.host,))
-            try:
-                response = await self._exchange(target, headers)
-            except CancelledError:
-                raise
-            except TimeoutError:
-                self._log.emit(
-                    level,
-                    "auth_http {url} timed out after {timeout} seconds",
-                    url=target.text,
-                    timeout=self._timeout,
-                    problem="timeout",
-                )
-                continue
-            except ConnectError as e:
-                self._log.emit(
-                    level,
-                    "auth_http {url} unreachable: {error}",
-                    url=target.text,
-                    error=str(e),
-                    problem="unreachable",
-                )
-                continue
-            except _TRANSPORT_ERRORS as e:
-                self._log.emit(
-                    level,
-                    "auth_http {url} sent no valid HTTP response: {error!r}",
-                    url=target.text,
-                    error=_describe(e),
-                    problem="bad-response",
-                )
-                continue
-            except Exception:
-                # A bug: log it with its traceback and give the client the temporary failure,
-                # without trying the next URL, which would run the same code.
-                self._log.failure("auth_http lookup at {url} failed", url=target.text)
-                raise RouterUnavailable("auth_http: internal error") from None
-            if response.code >= 500:
-                self._log.emit(
-                    level,
-                    "auth_http {url} answered HTTP {code}",
-                    url=target.text,
-                    code=response.code,
-                    problem="http-5xx",
-                )
-                continue
-            try:
-                return self._decide(target, response.headers, request)
-            except _InvalidAnswerError as e:
-                self._log.error(
-                    "auth_http {url} sent an unusable answer: {problem} {header} {value!r}",
-                    url=target.text,
-                    problem=e.problem,
-                    header=e.header,
-                    value=e.value,
-                )
-                raise RouterUnavailable(f"auth_http: {e.problem}") from None
-        raise RouterUnavailable("auth_http: no auth service answered")
-
-    async def _exchange(self, target: _Target, headers: Headers) -> IResponse:
-        """One HTTP request to C{target}, headers and body, within C{[auth] timeout}."""
-        attempt = Deferred.fromCoroutine(self._fetch(target, headers))
-        # Cancelling an Agent request fails it with ResponseNeverReceived or the like, not
-        # CancelledError, so addTimeout's default translation would miss it.
-        attempt.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
-        return await attempt
-
-    async def _fetch(self, target: _Target, headers: Headers) -> IResponse:
-        response = await self._client.request(
-            "GET",
-            target.url,
-            headers=headers,
-            allow_redirects=False,
-            unbuffered=True,
-            cookies=self._no_cookies,
-        )
-        discarder: _BodyDiscarder | None = None
-
-        def stop_reading(_: Deferred[None]) -> None:
-            if discarder is not None and discarder.transport is not None:
-                discarder.transport.stopProducing()  # type: ignore[attr-defined]
-
-        body_read: Deferred[None] = Deferred(stop_reading)
-        discarder = _BodyDiscarder(body_read, _MAX_BODY)
-        response.deliverBody(discarder)
-        await body_read
-        return response
+        @raise RouterUnavailable: the answer is unusable (the next URL would say the same).
+        """
+        if response.code >= 500:
+            self._log.emit(
+                LogLevel.warn if index < len(self._targets) - 1 else LogLevel.error,
+                "auth_http {url} answered HTTP {code}",
+                url=target.text,
+                code=response.code,
+                problem="http-5xx",
+            )
+            return None
+        try:
+            return self._decide(target, response.headers, request)
+        except _InvalidAnswerError as e:
+            self._log.error(
+                "auth_http {url} sent an unusable answer: {problem} {header} {value!r}",
+                url=target.text,
+                problem=e.problem,
+                header=e.header,
+                value=e.value,
+            )
+            raise RouterUnavailable(f"auth_http: {e.problem}") from None
 
     def _decide(self, target: _Target, headers: Headers, request: AuthRequest) -> Decision | float:
         """Read an answer as nginx's ngx_mail_auth_http_process_headers does.
@@ -488,7 +374,7 @@ class HTTPRouter:
         if (
             password is None
             and request.protocol != "smtp"
-            and _AUTH_METHODS.get(request.method) in _NEEDS_AUTH_PASS
+            and AUTH_METHODS.get(request.method) in _NEEDS_AUTH_PASS
         ):
             raise _InvalidAnswerError("did not send password")
         host = parse_auth_server(server.decode("latin-1"))
@@ -506,6 +392,156 @@ class HTTPRouter:
             password=password,
             details={"auth_url": target.text},
         )
+
+
+class _Lookup:
+    """One lookup in flight: the URLs in turn, ``Auth-Status: WAIT`` rounds, cancellation.
+
+    A plain chain of callbacks rather than nested coroutines: each coroutine level was one more
+    L{Deferred} and generator hop per lookup, measurable at thousands of lookups a second.
+    Cancelling L{result} (the client left) cancels the request in flight or the wait, and
+    asks no further URL.
+    """
+
+    __slots__ = (
+        "_cancelled",
+        "_delayed",
+        "_headers",
+        "_host_index",
+        "_index",
+        "_pending",
+        "_request",
+        "_result",
+        "_rounds",
+        "_router",
+    )
+
+    def __init__(self, router: HTTPRouter, headers: Headers, request: AuthRequest) -> None:
+        self._router = router
+        self._headers = headers
+        self._request = request
+        self._index = 0
+        # The URL whose host the Host header carries.
+        self._host_index = 0
+        self._rounds = 0
+        self._cancelled = False
+        self._pending: Deferred[Any] | None = None
+        self._delayed: IDelayedCall | None = None
+        self._result: Deferred[Decision] | None = Deferred(self._cancel)
+
+    @property
+    def result(self) -> Deferred[Decision]:
+        """The decision's Deferred; ask for it before L{ask}."""
+        assert self._result is not None
+        return self._result
+
+    def _fire(self, outcome: Decision | Failure | Exception) -> None:
+        """Fire the result once, and let go of it: its canceller refers back to this lookup,
+        and a cycle would leave both to the garbage collector, once per lookup."""
+        result, self._result = self._result, None
+        if result is None:
+            return
+        if isinstance(outcome, (Failure, Exception)):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    def ask(self) -> None:
+        """One HTTP request to the current URL, headers and body, within C{[auth] timeout}."""
+        router = self._router
+        index = self._index
+        target = router._targets[index]
+        if index != self._host_index:
+            self._headers.setRawHeaders(b"Host", (target.host,))
+            self._host_index = index
+        try:
+            sent: Deferred[Any] = router._client.request(
+                "GET",
+                target.url,
+                headers=self._headers,
+                allow_redirects=False,
+                unbuffered=True,
+                cookies=router._no_cookies,
+            )
+        except Exception:
+            sent = fail()
+        sent.addCallback(_read_body)
+        # Cancelling an Agent request fails it with ResponseNeverReceived or the like, not
+        # CancelledError, so addTimeout's default translation would miss it.
+        sent.addTimeout(router._timeout, router._clock, onTimeoutCancel=_timed_out)
+        self._pending = sent
+        sent.addCallbacks(
+            self._answered,
+            self._failed,
+            callbackArgs=(index, target),
+            errbackArgs=(index, target),
+        )
+        sent.addErrback(self._crashed)
+
+    def _answered(self, response: IResponse, index: int, target: _Target) -> None:
+        self._pending = None
+        try:
+            answer = self._router._answered(index, target, response, self._request)
+        except RouterUnavailable as e:
+            self._fire(Failure(e))
+            return
+        if answer is None:
+            self._next()
+        elif isinstance(answer, float):
+            # nginx sleeps Auth-Wait seconds (0: not at all) and sends the same request again.
+            self._rounds += 1
+            self._delayed = self._router._clock.callLater(answer, self._again)
+        else:
+            self._fire(answer)
+
+    def _failed(self, failure: Failure, index: int, target: _Target) -> None:
+        self._pending = None
+        if self._cancelled:
+            return
+        if failure.check(CancelledError):
+            self._fire(failure)
+        elif self._router._log_failed(index, target, failure):
+            self._next()
+        else:
+            self._fire(RouterUnavailable("auth_http: internal error"))
+
+    def _crashed(self, failure: Failure) -> Failure | None:
+        """A bug in the steps above: fail the lookup with it rather than leave it waiting."""
+        if self._result is None:
+            return failure
+        self._fire(failure)
+        return None
+
+    def _next(self) -> None:
+        self._index += 1
+        if self._index < len(self._router._targets):
+            self.ask()
+        else:
+            self._fire(RouterUnavailable("auth_http: no auth service answered"))
+
+    def _again(self) -> None:
+        self._delayed = None
+        if self._rounds > _MAX_WAITS:
+            self._router._log.error(
+                "auth_http answered WAIT {count} times in a row",
+                count=_MAX_WAITS + 1,
+                problem="too-many-waits",
+            )
+            self._fire(RouterUnavailable("auth_http: answered WAIT too many times"))
+            return
+        self._index = 0
+        self.ask()
+
+    def _cancel(self, _: Deferred[Decision]) -> None:
+        # Deferred.cancel fails the result itself once this returns.
+        self._cancelled = True
+        self._result = None
+        delayed, self._delayed = self._delayed, None
+        if delayed is not None:
+            delayed.cancel()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
 
 
 def _timed_out(result: IResponse | Failure, timeout: float | None) -> IResponse:

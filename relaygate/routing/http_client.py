@@ -1,16 +1,22 @@
-"""The HTTP client under the auth_http router: treq on a keep-alive pool, doing only what it needs.
+"""The HTTP client under the auth_http router: treq on a lean keep-alive agent.
 
 An auth lookup is one GET with headers the router built and checked, whose answer is in the
-response headers. treq's L{HTTPClient.request} wraps its agent in a cookie agent and a gzip
-content-decoding agent on every call (the latter copies the headers to add ``Accept-Encoding``);
-neither does anything for auth_http, and together they cost about 4 % of a small message's CPU
-(``bench/profile``). L{AuthHTTPClient} is treq's client with that one step skipped for the
-router's requests: what an upstream option ("no cookies, no decoding") would do.
+response headers. treq stays the client API, with two layers taken out from under it, both
+measured with ``bench/profile`` (docs/performance.md):
+
+ - treq's L{HTTPClient.request} wraps its agent in a cookie agent and a gzip content-decoding
+   agent on every call (the latter copies the headers to add ``Accept-Encoding``); neither does
+   anything for auth_http, and together they cost about 4 % of a small message's CPU.
+   L{AuthHTTPClient} is treq's client with that one step skipped for the router's requests:
+   what an upstream option ("no cookies, no decoding") would do.
+ - Twisted's C{Agent} and C{HTTPConnectionPool} are replaced by L{LeanAgent}
+   (L{relaygate.routing.http_agent}), a keep-alive HTTP/1.1 L{IAgent} that does only what a
+   GET without a body needs; docs/auth-http.md says what it accepts and refuses.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
@@ -18,13 +24,8 @@ from treq.cookies import IndexableCookieJar
 from treq.response import _Response
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IReactorPluggableNameResolver,
-    IReactorTCP,
-    IReactorTime,
-    IStreamClientEndpoint,
-)
-from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 from typing_extensions import override
@@ -33,15 +34,11 @@ from zope.interface import implementer
 from relaygate.addresses import HostPort
 from relaygate.config.auth import AuthConfig
 from relaygate.connect import client_endpoint
+from relaygate.routing.http_agent import LeanAgent
 from relaygate.tls.client import https_policy
 
-_MAX_IDLE_CONNECTIONS = 128
 # The keywords the router passes; any other request takes treq's full path.
 _LEAN_KEYWORDS = frozenset(("headers", "allow_redirects", "unbuffered", "cookies"))
-
-
-class _AgentReactor(IReactorTCP, IReactorTime, IReactorPluggableNameResolver):
-    """What L{Agent} needs from a reactor, for the type checker (as treq's C{_ITreqReactor})."""
 
 
 class _NoCookies(IndexableCookieJar):
@@ -86,17 +83,24 @@ class AuthHTTPClient(HTTPClient):
         return super().request(method, url, **kwargs)
 
 
-class HTTPPoolService(Service):
-    """Owns the router's persistent HTTP connection pool and closes it when the service stops."""
+class ConnectionCache(Protocol):
+    """What owns idle connections to close at shutdown (L{LeanAgent})."""
 
-    def __init__(self, pool: HTTPConnectionPool) -> None:
+    def close_cached_connections(self) -> Deferred[None]:
+        """Close the idle connections; fire when they are closed."""
+        ...
+
+
+class HTTPPoolService(Service):
+    """Owns the router's persistent HTTP connections and closes them when the service stops."""
+
+    def __init__(self, pool: ConnectionCache) -> None:
         self.pool = pool
 
     @override
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        closed: Deferred[None] = self.pool.closeCachedConnections()
-        return closed
+        return self.pool.close_cached_connections()
 
 
 @implementer(IAgentEndpointFactory)
@@ -129,17 +133,9 @@ class _AuthEndpoints:
 
 
 def new_auth_client(config: AuthConfig, reactor: Any) -> tuple[HTTPClient, HTTPPoolService]:
-    """An L{AuthHTTPClient} on C{reactor} with a keep-alive pool, and the service owning the pool.
+    """An L{AuthHTTPClient} on a L{LeanAgent} on C{reactor}, and the service owning its pool.
 
     C{https://} services are verified against C{[auth] ca} (L{https_policy}).
     """
-    typed_reactor: _AgentReactor = reactor
-    pool = HTTPConnectionPool(typed_reactor, persistent=True)
-    # Keep enough idle connections for a burst of concurrent lookups; more are closed after use.
-    pool.maxPersistentPerHost = _MAX_IDLE_CONNECTIONS
-    agent = Agent.usingEndpointFactory(
-        typed_reactor,
-        _AuthEndpoints(reactor, https_policy(config.ca), config.timeout),
-        pool=pool,
-    )
-    return AuthHTTPClient(agent), HTTPPoolService(pool)
+    agent = LeanAgent(reactor, _AuthEndpoints(reactor, https_policy(config.ca), config.timeout))
+    return AuthHTTPClient(agent), HTTPPoolService(agent)
