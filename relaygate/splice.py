@@ -25,7 +25,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from relaygate.connect import set_no_delay
+from relaygate.connect import RELAY_BUFFER_SIZE, set_no_delay
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Splice:
         self._backend_eof = False
         self._finished = False
         for transport in (client, backend):
-            set_no_delay(transport)
+            set_no_delay(transport, RELAY_BUFFER_SIZE)
         # A slow client pauses reading from the backend, and a slow backend pauses the client.
         IConsumer(client).registerProducer(IPushProducer(backend), True)
         IConsumer(backend).registerProducer(IPushProducer(client), True)

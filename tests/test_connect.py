@@ -1,4 +1,4 @@
-"""Tests for L{relaygate.connect.set_no_delay}: the socket under any wrappers gets the settings."""
+"""Tests for L{relaygate.connect}: the socket under any wrappers gets the relay's settings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.internet import reactor, tcp
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
-from relaygate.connect import RELAY_BUFFER_SIZE, set_no_delay
+from relaygate.connect import DEFAULT_READ_SIZE, RELAY_BUFFER_SIZE, set_no_delay, set_read_size
 
 
 class _Wrapper:
@@ -18,8 +18,8 @@ class _Wrapper:
         self.transport = transport
 
 
-class SetNoDelayTests(SynchronousTestCase):
-    """Nagle off and the relay's read size, on the connection that owns the socket."""
+class SocketSettingsTests(SynchronousTestCase):
+    """Nagle off and the read size, on the connection that owns the socket."""
 
     def connection(self) -> tuple[tcp.Connection, socket.socket]:
         listener = socket.create_server(("127.0.0.1", 0))
@@ -30,24 +30,35 @@ class SetNoDelayTests(SynchronousTestCase):
         self.addCleanup(server.close)
         return tcp.Connection(server, Protocol(), reactor), server
 
-    def test_through_wrappers(self) -> None:
-        """Three wrappers deep, the TCP connection itself reads 256 KiB and has TCP_NODELAY."""
+    def test_no_delay_through_wrappers(self) -> None:
+        """Three wrappers deep: TCP_NODELAY on the socket, and Twisted's read size kept."""
         connection, sock = self.connection()
-        wrapper = _Wrapper(_Wrapper(_Wrapper(connection)))
-        set_no_delay(wrapper)
-        self.assertEqual(connection.bufferSize, RELAY_BUFFER_SIZE)
+        set_no_delay(_Wrapper(_Wrapper(_Wrapper(connection))))
         self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        self.assertEqual(connection.bufferSize, DEFAULT_READ_SIZE)
+
+    def test_no_delay_with_read_size(self) -> None:
+        """A splice asks for the relay's read size with TCP_NODELAY."""
+        connection, sock = self.connection()
+        wrapper = _Wrapper(connection)
+        set_no_delay(wrapper, RELAY_BUFFER_SIZE)
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        self.assertEqual(connection.bufferSize, RELAY_BUFFER_SIZE)
         self.assertFalse(hasattr(wrapper, "bufferSize"))
 
-    def test_connection_itself(self) -> None:
-        """Given the connection directly, it is set the same way."""
-        connection, sock = self.connection()
-        set_no_delay(connection)
+    def test_read_size_through_wrappers(self) -> None:
+        """The read size lands on the socket's connection, not on a wrapper, and goes back."""
+        connection, _ = self.connection()
+        wrapper = _Wrapper(_Wrapper(connection))
+        set_read_size(wrapper, RELAY_BUFFER_SIZE)
         self.assertEqual(connection.bufferSize, RELAY_BUFFER_SIZE)
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        self.assertFalse(hasattr(wrapper, "bufferSize"))
+        set_read_size(wrapper, DEFAULT_READ_SIZE)
+        self.assertEqual(connection.bufferSize, DEFAULT_READ_SIZE)
 
     def test_not_tcp_is_left_alone(self) -> None:
         """A transport with no socket under it (a test's StringTransport) is not touched."""
         wrapper = _Wrapper(object())
-        set_no_delay(wrapper)
+        set_no_delay(wrapper, RELAY_BUFFER_SIZE)
+        set_read_size(wrapper, RELAY_BUFFER_SIZE)
         self.assertFalse(hasattr(wrapper, "bufferSize"))

@@ -7,6 +7,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from relaygate.connect import DEFAULT_READ_SIZE, RELAY_BUFFER_SIZE
+from relaygate.smtp import front
 from tests.smtp_harness import FrontHarness, make_config
 
 
@@ -27,6 +29,20 @@ class DataRelayTests(SynchronousTestCase):
         self.assertEqual(h.replies(), b"")
         backend.reply(b"250 2.0.0 Ok: queued as ABC\r\n")
         self.assertEqual(h.replies(), b"250 2.0.0 Ok: queued as ABC\r\n")
+
+    def test_large_reads_only_for_the_body(self) -> None:
+        """The client is read 256 KiB at a time from the backend's 354 to the dot, and with
+        Twisted's 64 KiB reads before and after (each read allocates its whole size)."""
+        sizes: list[tuple[object, int]] = []
+        self.patch(front, "set_read_size", lambda transport, size: sizes.append((transport, size)))
+        h = FrontHarness()
+        backend = h.open_transaction()
+        h.send(b"DATA\r\n")
+        self.assertEqual(sizes, [])
+        backend.reply(b"354 go\r\n")
+        self.assertEqual(sizes, [(h.client, RELAY_BUFFER_SIZE)])
+        h.send(b"body\r\n.\r\nNOOP\r\n")
+        self.assertEqual(sizes, [(h.client, RELAY_BUFFER_SIZE), (h.client, DEFAULT_READ_SIZE)])
 
     def test_backend_final_refusal(self) -> None:
         """A backend 554 after the dot is the client's reply; never a 2xx."""

@@ -27,7 +27,12 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.client_tls import AfterHandshake, ClientTLSGate
-from relaygate.connect import set_no_delay
+from relaygate.connect import (
+    DEFAULT_READ_SIZE,
+    RELAY_BUFFER_SIZE,
+    set_no_delay,
+    set_read_size,
+)
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.policy import Limits, limits_for
 from relaygate.reactor import IGatewayReactor
@@ -536,6 +541,8 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
             self._end_transaction(outcome, reply.summary())
             return reply
         self._body = opened
+        # The body moves in large reads; commands and replies in Twisted's usual ones.
+        set_read_size(self.transport, RELAY_BUFFER_SIZE)
         return opened.go_ahead
 
     def feed_body(self, data: bytes) -> None:
@@ -546,6 +553,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         if rest is None:
             return
         self._body = None
+        set_read_size(self.transport, DEFAULT_READ_SIZE)
         self._runner.queue.push_back(rest)
         self._runner.start(self._message_done(relay), final=relay.backend is not None)
 
