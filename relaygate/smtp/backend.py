@@ -92,9 +92,9 @@ class SMTPBackendClient(smtp.ESMTPClient):
         self._starttls: tuple[Deferred[Reply], IOpenSSLClientConnectionCreator] | None = None
         self._handshake: Deferred[None] | None = None
         self.connected_at = 0.0
+        """When the connection was made (the clock's seconds): how old a kept one is."""
         self.address: HostPort | None = None
         """The route entry this connection was made to (set by whoever connected it)."""
-        """When the connection was made (the clock's seconds): how old a kept one is."""
 
     @override
     def connectionMade(self) -> None:

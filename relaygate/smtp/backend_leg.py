@@ -102,16 +102,13 @@ class BackendLeg:
             return
         self.drop()
 
-    def _may_share(self) -> bool:
+    def _may_share(self, preamble: bytes) -> bool:
         """Whether this session may use a connection another session made (and leave its own):
-        not when the backend is to learn who the client is from a PROXY header or a login."""
-        settings = self._settings
-        if settings.backend.proxy_protocol in ("v1", "v2") or self._proxy_protocol in (
-            "v1",
-            "v2",
-        ):
+        not when the backend is to learn who the client is from a PROXY header (C{preamble})
+        or a login."""
+        if preamble:
             return False
-        return not (settings.backend_auth == "plain" and self._submission.login is not None)
+        return not (self._settings.backend_auth == "plain" and self._submission.login is not None)
 
     async def route_recipient(
         self, tx: Transaction, line: bytes, path: bytes, params: bytes
@@ -257,7 +254,9 @@ class BackendLeg:
         self.drop()
         settings = self._settings
         facts = self._facts
-        shareable = self._may_share()
+        client = ClientAddress(facts.ip, facts.port, facts.local_ip, facts.local_port)
+        preamble = settings.backend.proxy_preamble(client, self._proxy_protocol)
+        shareable = self._may_share(preamble)
         if kept and shareable and self._pool is not None:
             backend = self._pool.take((route, tls_mode))
             if backend is not None:
@@ -266,14 +265,13 @@ class BackendLeg:
                 self.backend, self._route, self._tls_mode = backend, route, tls_mode
                 self._shareable = self._kept = True
                 return backend
-        client = ClientAddress(facts.ip, facts.port, facts.local_ip, facts.local_port)
         backend, address = await connect_smtp_backend(
             self._reactor,
             route,
             settings.name,
             settings.backend,
             implicit_tls=settings.backend.implicit_tls(tls_mode),
-            preamble=settings.backend.proxy_preamble(client, self._proxy_protocol),
+            preamble=preamble,
         )
         self.backend, self._route = backend, route
         backend.address = address
