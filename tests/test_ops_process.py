@@ -108,13 +108,14 @@ def smtp_config(backend: ScriptedBackend, extra: str = "", name: str = "gw.test"
     )
 
 
-async def start_gateway(case: TestCase, path: str) -> tuple[Gateway, int]:
-    """Start relaygate on the file at C{path}; the process and its SMTP port."""
+def spawn_gateway(case: TestCase, path: str, logfile: str = "-") -> Gateway:
+    """Run C{twistd -n relaygate -c path} logging to C{logfile}; killed, and waited for, at
+    cleanup if it is still running."""
     gateway = Gateway()
     process = reactor.spawnProcess(
         gateway,
         TWISTD,
-        [TWISTD, "-n", "--pidfile=", "--logfile=-", "relaygate", "-c", path],
+        [TWISTD, "-n", "--pidfile=", f"--logfile={logfile}", "relaygate", "-c", path],
         env=dict(os.environ),
         path=os.path.dirname(path),
     )
@@ -125,6 +126,12 @@ async def start_gateway(case: TestCase, path: str) -> tuple[Gateway, int]:
         await gateway.ended
 
     case.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+    return gateway
+
+
+async def start_gateway(case: TestCase, path: str) -> tuple[Gateway, int]:
+    """Start relaygate on the file at C{path}; the process and its SMTP port."""
+    gateway = spawn_gateway(case, path)
     found = await gateway.wait_for(rb"SwitchFactory starting on (\d+)")
     return gateway, int(found.group(1))
 
@@ -314,21 +321,7 @@ class WorkersTests(TestCase):
         backend = await start_backend(self)
         extra = 'workers = 2\n[metrics]\nlisten = "127.0.0.1:0"\n'
         path = write_config(self, smtp_config(backend, extra=extra))
-        gateway = Gateway()
-        process = reactor.spawnProcess(
-            gateway,
-            TWISTD,
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "relaygate", "-c", path],
-            env=dict(os.environ),
-            path=os.path.dirname(path),
-        )
-
-        async def stop() -> None:
-            if not gateway.ended.called:
-                process.signalProcess("KILL")
-            await gateway.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        gateway = spawn_gateway(self, path)
         port = int((await gateway.wait_for(rb"smtp listener on 127\.0\.0\.1:(\d+)")).group(1))
         metrics_port = int((await gateway.wait_for(rb"Site starting on (\d+)")).group(1))
         base = f"http://127.0.0.1:{metrics_port}"
@@ -450,21 +443,7 @@ class TextLogFileTests(TestCase):
         backend = await start_backend(self)
         path = write_config(self, smtp_config(backend, extra="workers = 2\n"))
         log = os.path.join(os.path.dirname(path), "twistd.log")
-        gateway = Gateway()
-        process = reactor.spawnProcess(
-            gateway,
-            TWISTD,
-            [TWISTD, "-n", "--pidfile=", f"--logfile={log}", "relaygate", "-c", path],
-            env=dict(os.environ),
-            path=os.path.dirname(path),
-        )
-
-        async def stop() -> None:
-            if not gateway.ended.called:
-                process.signalProcess("KILL")
-            await gateway.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        gateway = spawn_gateway(self, path, log)
         found = await file_match(log, rb"smtp listener on 127\.0\.0\.1:(\d+)")
         port = int(found.group(1))
         await file_match(log, rb"worker \d+ serving(.|\n)*worker \d+ serving")
@@ -511,21 +490,7 @@ class AccessLogTests(TestCase):
         access = os.path.join(directory, "access.json")
         extra = f'workers = 2\n[log]\naccess = "{access}"\n'
         path = write_config(self, smtp_config(backend, extra=extra))
-        gateway = Gateway()
-        process = reactor.spawnProcess(
-            gateway,
-            TWISTD,
-            [TWISTD, "-n", "--pidfile=", "--logfile=-", "relaygate", "-c", path],
-            env=dict(os.environ),
-            path=os.path.dirname(path),
-        )
-
-        async def stop() -> None:
-            if not gateway.ended.called:
-                process.signalProcess("KILL")
-            await gateway.ended
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        gateway = spawn_gateway(self, path)
         port = int((await gateway.wait_for(rb"smtp listener on 127\.0\.0\.1:(\d+)")).group(1))
         await gateway.wait_for(rb"worker \d+ serving(.|\n)*worker \d+ serving")
 

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from relaygate.smtp.backend import SMTPBackendClient
 from relaygate.smtp.backend_pool import MAX_IDLE_PER_ROUTE, BackendPool
 from tests.peers import start_backend, start_relay
-from tests.smtp_harness import BACKEND, FrontHarness, make_config
+from tests.smtp_harness import BACKEND, BackendEnd, FrontHarness, make_config
 from tests.test_smtp_relay import (
     MESSAGE,
     R_QUEUED,
@@ -160,6 +160,15 @@ class KeptConnectionTests(SynchronousTestCase):
         )
         return harness
 
+    def assert_quit_at_the_end(self, harness: FrontHarness, backend: BackendEnd) -> None:
+        """Deliver a message and QUIT: the backend gets QUIT and the pool keeps nothing."""
+        deliver(harness)
+        backend.received()
+        harness.send(b"QUIT\r\n")
+        harness.front.connectionLost(Failure(ConnectionError("client closed")))
+        self.assertEqual(backend.received(), b"QUIT\r\n")
+        self.assertEqual(len(harness.factory.backend_pool), 0)
+
     def test_next_session_carries_on_the_connection(self) -> None:
         """No connect, greeting, EHLO or QUIT: the next session's MAIL and RCPT go straight on."""
         first = self.finished_session()
@@ -223,12 +232,7 @@ class KeptConnectionTests(SynchronousTestCase):
         backend.reply(b"220 backend ESMTP\r\n")
         backend.reply(b"250-backend\r\n250 PIPELINING\r\n")
         backend.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
-        deliver(harness)
-        backend.received()
-        harness.send(b"QUIT\r\n")
-        harness.front.connectionLost(Failure(ConnectionError("client closed")))
-        self.assertEqual(backend.received(), b"QUIT\r\n")
-        self.assertEqual(len(harness.factory.backend_pool), 0)
+        self.assert_quit_at_the_end(harness, backend)
 
     def test_proxy_protocol_connection_is_not_kept(self) -> None:
         """A connection that began with the client's PROXY header serves that client only."""
@@ -242,12 +246,7 @@ class KeptConnectionTests(SynchronousTestCase):
         )
         backend.reply(b"250-backend\r\n250 PIPELINING\r\n")
         backend.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
-        deliver(harness)
-        backend.received()
-        harness.send(b"QUIT\r\n")
-        harness.front.connectionLost(Failure(ConnectionError("client closed")))
-        self.assertEqual(backend.received(), b"QUIT\r\n")
-        self.assertEqual(len(harness.factory.backend_pool), 0)
+        self.assert_quit_at_the_end(harness, backend)
 
     def test_backend_login_connection_is_not_kept(self) -> None:
         """A connection logged in at the backend as one user (backend_auth = "plain") never
@@ -259,12 +258,7 @@ class KeptConnectionTests(SynchronousTestCase):
         self.assertEqual(backend.received(), b"EHLO gw.test\r\nAUTH PLAIN " + PLAIN + b"\r\n")
         backend.reply(b"235 2.7.0 ok\r\n")
         backend.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n")
-        deliver(harness)
-        backend.received()
-        harness.send(b"QUIT\r\n")
-        harness.front.connectionLost(Failure(ConnectionError("client closed")))
-        self.assertEqual(backend.received(), b"QUIT\r\n")
-        self.assertEqual(len(harness.factory.backend_pool), 0)
+        self.assert_quit_at_the_end(harness, backend)
 
     def test_kept_connection_lost_at_mail_connects_anew(self) -> None:
         """The backend hung up a kept connection as MAIL went out: the transaction starts again
