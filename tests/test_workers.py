@@ -289,30 +289,37 @@ class SignalTests(SynchronousTestCase):
         self.flushLoggedErrors(ValueError)
 
 
+async def two_worker_setup(case: TestCase) -> tuple[EventLoggingObserver, str, str, int]:
+    """Log events captured, a demo backend storing into a fresh maildir, and a config file for
+    two workers relaying everything there: the events, the store, the file and the port."""
+    events = EventLoggingObserver()
+    globalLogPublisher.addObserver(events)
+    case.addCleanup(globalLogPublisher.removeObserver, events)
+    store = case.mktemp()
+    for sub in ("tmp", "new"):
+        os.makedirs(os.path.join(store, sub))
+    backend: IListeningPort = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        DemoFactory(store, "backend.test")
+    )
+    case.addCleanup(backend.stopListening)
+    port: int = backend.getHost().port  # type: ignore[attr-defined]
+    path = case.mktemp()
+    with open(path, "w") as f:
+        f.write(
+            '[server]\nname = "gw.test"\nworkers = 2\n'
+            '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
+            f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{port}"]\n'
+            "[smtp]\nxclient = false\n"
+        )
+    return events, store, path, port
+
+
 class WorkerPoolTests(TestCase):
     """Two real worker processes relay mail; a dead one is restarted; stop ends them."""
 
     async def test_pool_relays_restarts_and_stops(self) -> None:
         """Mail goes through the workers before and after one is killed."""
-        events = EventLoggingObserver()
-        globalLogPublisher.addObserver(events)
-        self.addCleanup(globalLogPublisher.removeObserver, events)
-        store = self.mktemp()
-        for sub in ("tmp", "new"):
-            os.makedirs(os.path.join(store, sub))
-        backend: IListeningPort = await TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(DemoFactory(store, "backend.test"))
-        self.addCleanup(backend.stopListening)
-        port = backend.getHost().port  # type: ignore[attr-defined]
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(
-                '[server]\nname = "gw.test"\nworkers = 2\n'
-                '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
-                f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{port}"]\n'
-                "[smtp]\nxclient = false\n"
-            )
+        events, store, path, _ = await two_worker_setup(self)
         pool = WorkerPool(load(path), 2, cast(IParentReactor, reactor))
         pool.startService()
         stopped: list[bool] = []
@@ -365,25 +372,7 @@ class TextLogPoolTests(TestCase):
     async def test_lines_tagged_stderr_kept_and_nothing_lost(self) -> None:
         """Access lines carry the worker's number, stderr still reaches the parent's log, and
         each worker's last line (written as it exits) is in the log after the stop."""
-        events = EventLoggingObserver()
-        globalLogPublisher.addObserver(events)
-        self.addCleanup(globalLogPublisher.removeObserver, events)
-        store = self.mktemp()
-        for sub in ("tmp", "new"):
-            os.makedirs(os.path.join(store, sub))
-        backend: IListeningPort = await TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(DemoFactory(store, "backend.test"))
-        self.addCleanup(backend.stopListening)
-        backend_port = backend.getHost().port  # type: ignore[attr-defined]
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write(
-                '[server]\nname = "gw.test"\nworkers = 2\n'
-                '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:0"\n'
-                f'[[route]]\nmatch = "*"\nbackends = ["127.0.0.1:{backend_port}"]\n'
-                "[smtp]\nxclient = false\n"
-            )
+        events, _, path, backend_port = await two_worker_setup(self)
         # The worker's interpreter, behind a script that first says something on stderr.
         python = os.path.abspath(self.mktemp())
         with open(python, "w") as f:
