@@ -273,6 +273,14 @@ class AgentTests(SynchronousTestCase):
         assert isinstance(connection, HTTPConnection)
         return connection, transport
 
+    def idle_connection(self) -> HTTPConnection:
+        """A connection that answered one request and is now idle in the pool."""
+        d = self.request()
+        connection, _ = self.connect()
+        connection.dataReceived(OK)
+        self.read(d)
+        return connection
+
     def read(self, d: Deferred[IResponse]) -> tuple[IResponse, _Body]:
         response = self.successResultOf(d)
         body = _Body()
@@ -428,10 +436,7 @@ class AgentTests(SynchronousTestCase):
 
     def test_stale_reused_connection_is_retried_once(self) -> None:
         """A reused connection closed before any answer byte: the request goes on a new one."""
-        d = self.request()
-        connection, _ = self.connect()
-        connection.dataReceived(OK)
-        self.read(d)
+        connection = self.idle_connection()
         d = self.request()
         connection.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(self.reactor.tcpClients), 2)
@@ -443,10 +448,7 @@ class AgentTests(SynchronousTestCase):
 
     def test_retry_answers(self) -> None:
         """The retried request's answer is the caller's answer."""
-        d = self.request()
-        connection, _ = self.connect()
-        connection.dataReceived(OK)
-        self.read(d)
+        connection = self.idle_connection()
         d = self.request()
         connection.connectionLost(Failure(ConnectionDone()))
         fresh, _ = self.connect()
@@ -455,10 +457,7 @@ class AgentTests(SynchronousTestCase):
 
     def test_idle_connection_closed_by_server_is_forgotten(self) -> None:
         """A connection the server closed while idle is not picked again."""
-        d = self.request()
-        connection, _ = self.connect()
-        connection.dataReceived(OK)
-        self.read(d)
+        connection = self.idle_connection()
         connection.connectionLost(Failure(ConnectionDone()))
         self.request()
         self.assertEqual(len(self.reactor.tcpClients), 2)
@@ -533,10 +532,7 @@ class AgentTests(SynchronousTestCase):
 
     def test_dropped_idle_connection_is_not_picked(self) -> None:
         """A connection dropped while idle is skipped even before its loss is reported."""
-        d = self.request()
-        connection, _ = self.connect()
-        connection.dataReceived(OK)
-        self.read(d)
+        connection = self.idle_connection()
         connection.dataReceived(b"junk")
         self.request()
         self.assertEqual(len(self.reactor.tcpClients), 2)
