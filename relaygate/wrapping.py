@@ -32,6 +32,7 @@ from zope.interface import implementer, providedBy
 
 from relaygate.provides import provide_like
 from relaygate.tls.transport import SECURED_TCP, start_tls_over_tcp
+from relaygate.write_now import write_soon
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
@@ -106,9 +107,9 @@ class TransportWrapper(Protocol):
         return self.transport.getHost()
 
     def write(self, data: bytes) -> None:
-        """Send C{data}."""
+        """Send C{data} (at the end of the reactor's turn, when the transport below is TCP)."""
         assert self.transport is not None
-        self.transport.write(data)
+        write_soon(self.transport, data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         """Send C{data}."""

@@ -42,6 +42,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.routing.raw_headers import canonical_name, headers_from_raw, known_names
+from relaygate.write_now import write_soon
 
 MAX_LINE: Final = 16 * 1024
 MAX_HEADERS: Final = 100
@@ -476,7 +477,7 @@ class HTTPConnection(Protocol):
         self._parser = ResponseParser(self._body_received)
         self._response = None
         self._received = False
-        self.transport.write(request)
+        write_soon(self.transport, request)
 
     def abandon(self) -> None:
         """Drop the connection now, whatever it was doing: it will not be reused."""

@@ -40,6 +40,7 @@ from relaygate.backend.policy import BackendPolicy, TLSCreatorFor
 from relaygate.connect import set_no_delay
 from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
+from relaygate.write_now import write_soon
 
 CONNECTION_DONE = Failure(net_error.ConnectionDone())
 
@@ -108,6 +109,11 @@ class SMTPBackendClient(smtp.ESMTPClient):
         self._okresponse = self._failresponse = self._reply_received
         self.setTimeout(self._reply_timeout)
 
+    @override
+    def sendLine(self, line: bytes) -> None:
+        """Send one command line, with the gateway's other writes of this turn (L{write_soon})."""
+        write_soon(self.transport, line + b"\r\n")
+
     def command(self, line: bytes) -> Deferred[Reply]:
         """Send C{line} and return the Deferred of its reply (fails with L{BackendLost})."""
         waiter: Deferred[Reply] = Deferred()
@@ -133,7 +139,7 @@ class SMTPBackendClient(smtp.ESMTPClient):
         if self._lost is None:
             self.setTimeout(self._reply_timeout)
             assert self.transport is not None
-            self.transport.write(b"".join(line + b"\r\n" for line in lines))
+            write_soon(self.transport, b"".join(line + b"\r\n" for line in lines))
         return waiters
 
     def expect_reply(self) -> Deferred[Reply]:

@@ -79,6 +79,7 @@ from relaygate.smtp.session_facts import (
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.starttls import starttls_refusal
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
+from relaygate.write_now import write_soon
 
 _session_ids = itertools.count(1)
 
@@ -347,7 +348,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         """Send C{reply} to the client in one write (multi-line replies keep their lines)."""
         if self._phase.connected:
             assert self.transport is not None
-            self.transport.write(reply.to_wire())
+            write_soon(self.transport, reply.to_wire())
 
     def _protocol_error(self, reply: Reply) -> None:
         """Answer a client mistake; too many of them end the session (nginx's max_errors)."""
