@@ -55,6 +55,9 @@ def makeService(
         installed: IParentReactor = global_reactor  # type: ignore[assignment]
         reactor = installed
     config = options.config if isinstance(options, Options) else options["config"]
+    from relaygate.dispatch import lean_dispatch
+
+    lean_dispatch(reactor)
     if config.server.workers > 1:
         from relaygate.workers import pool_service
 

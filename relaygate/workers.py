@@ -59,6 +59,7 @@ from relaygate.config.errors import ConfigError
 from relaygate.config.load import load
 from relaygate.config.model import Config
 from relaygate.config.server import ListenConfig
+from relaygate.dispatch import lean_dispatch
 from relaygate.ops.build import metrics_service
 from relaygate.ops.control import ParentControl, WorkerControl
 from relaygate.ops.lifecycle import SignalHandlers
@@ -566,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", control.stopping)
     Logger(namespace="relaygate.workers").info("worker {pid} serving", pid=os.getpid())
     send({"kind": "ready", "pid": os.getpid()})
+    lean_dispatch(reactor)
     # The reactors' run() takes this keyword; IReactorCore does not name it.
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
