@@ -19,6 +19,7 @@ from __future__ import annotations
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from relaygate.addresses import ClientAddress, HostPort
 from relaygate.backend.errors import (
@@ -217,15 +218,21 @@ class BackendLeg:
         tx.record.backend_tls = backend.info.tls
         if b"PIPELINING" in backend.extensions:
             mail_reply, rcpt_reply = backend.commands([mail, rcpt])
+            # Replies come in order, so the MAIL's has come when the RCPT's does: one wait,
+            # not two. The MAIL's outcome is taken as it fires (so a failure of it is never
+            # left unhandled), and a failed MAIL is what this raises, as if awaited first.
+            mail_outcome: list[Reply | Failure] = []
+            mail_reply.addBoth(mail_outcome.append)
             try:
-                tx.backend_mail = await mail_reply
-            except BaseException:
-                # The RCPT's reply is never awaited now: the MAIL failed (so will it), or the
-                # client left and the wait was cancelled (the backend may still drop it).
-                # Consume it, or it is logged as an unhandled error.
-                rcpt_reply.addErrback(lambda _: None)
-                raise
-            reply = await rcpt_reply
+                reply = await rcpt_reply
+            finally:
+                if not mail_outcome:
+                    # Cancelled before either reply came (the client left).
+                    mail_reply.cancel()
+                first = mail_outcome[0]
+                if isinstance(first, Failure):
+                    first.raiseException()
+                tx.backend_mail = first
         else:
             tx.backend_mail = await backend.command(mail)
             if not tx.backend_mail.ok:

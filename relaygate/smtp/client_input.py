@@ -218,7 +218,7 @@ class InputRunner:
     def __init__(self, target: InputTarget, phase: SessionPhase, max_line_length: int) -> None:
         self.queue = InputQueue(max_line_length)
         self.pauses = ReadPauses()
-        self.pending: Deferred[None] | None = None
+        self.pending: Deferred[Reply | None] | None = None
         """The waiting command's reply, while there is one."""
         self.input_ended = False
         """True once the client has half-closed: no more input will come."""
@@ -303,15 +303,32 @@ class InputRunner:
         """
         self._phase.command_waits(final)
         done = Deferred.fromCoroutine(work)
-        self.pending = done.addCallbacks(self._target.answer, self._crashed)
-        # The last errback: whatever answering or running the next input raised is logged
-        # here, never left in the Deferred to surface as "Unhandled error in Deferred".
-        self.pending.addBoth(self._resume).addErrback(self._unexpected)
+        self.pending = done
+        done.addBoth(self._finish)
 
     def cancel(self) -> None:
         """The session ends: cancel the waiting command, unless it is a final dot's reply."""
         if self.pending is not None and not self._phase.final_pending:
             self.pending.cancel()
+
+    def _finish(self, result: Reply | Failure | None) -> None:
+        """Answer the command (or log what broke it), then run the input that waited for it.
+
+        One callback rather than a chain of three: it runs for every command that waits.
+        Whatever answering or running the next input raises is logged here, never left in
+        the Deferred to surface as "Unhandled error in Deferred".
+        """
+        try:
+            if isinstance(result, Failure):
+                self._crashed(result)
+            else:
+                self._target.answer(result)
+        except Exception:
+            self._log.failure("unexpected error after an SMTP command's reply")
+        try:
+            self._resume()
+        except Exception:
+            self._log.failure("unexpected error after an SMTP command's reply")
 
     def _crashed(self, failure: Failure) -> None:
         if failure.check(CancelledError):
@@ -319,14 +336,10 @@ class InputRunner:
         self._log.failure("unexpected error in an SMTP session", failure)
         self._target.answer(R_INTERNAL)
 
-    def _resume(self, result: object) -> object:
+    def _resume(self) -> None:
         self.pending = None
         self._phase.command_done()
         if self._phase.connected:
             # The client's silence starts now: what it waited for was the gateway.
             self._target.resetTimeout()
             self.run()
-        return result
-
-    def _unexpected(self, failure: Failure) -> None:
-        self._log.failure("unexpected error after an SMTP command's reply", failure)
