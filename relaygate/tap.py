@@ -55,9 +55,11 @@ def makeService(
         installed: IParentReactor = global_reactor  # type: ignore[assignment]
         reactor = installed
     config = options.config if isinstance(options, Options) else options["config"]
+    from relaygate.collector import tune_collector
     from relaygate.dispatch import lean_dispatch
 
     lean_dispatch(reactor)
+    tune_collector(reactor)
     if config.server.workers > 1:
         from relaygate.workers import pool_service
 

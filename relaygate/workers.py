@@ -55,6 +55,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from relaygate.addresses import HostPort
+from relaygate.collector import tune_collector
 from relaygate.config.errors import ConfigError
 from relaygate.config.load import load
 from relaygate.config.model import Config
@@ -568,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Logger(namespace="relaygate.workers").info("worker {pid} serving", pid=os.getpid())
     send({"kind": "ready", "pid": os.getpid()})
     lean_dispatch(reactor)
+    tune_collector(reactor)
     # The reactors' run() takes this keyword; IReactorCore does not name it.
     reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
 
