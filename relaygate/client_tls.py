@@ -129,6 +129,13 @@ class ClientTLSGate:
         if self._timer is not None:
             self._timer.stop()
 
+    def release(self) -> None:
+        """The connection is gone: stop the timer and let go of the front's C{expired} (the
+        front refers to this gate, so keeping it would make a reference cycle)."""
+        self.stop()
+        self._timer = None
+        self._expired = _nothing
+
     def completed(self, transport: object, client: str) -> AfterHandshake:
         """The handshake is done: record its facts and say what the front does next."""
         if self._timer is None or not self.handshaking:
@@ -167,3 +174,7 @@ class ClientTLSGate:
     def summary(self) -> str:
         """The client leg for the access log's C{tls} field."""
         return self.result.summary()
+
+
+def _nothing() -> None:
+    """A released gate's handshake expiry: the connection is already gone."""

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from relaygate.smtp.phase import SessionPhase
+from relaygate.smtp.phase import Phase, SessionPhase
 from relaygate.smtp.replies import R_INTERNAL, Reply
 
 BUFFER_LIMIT = 65536
@@ -209,6 +209,34 @@ class InputTarget(Protocol):
         """The client half-closed and everything it sent has run and been answered."""
 
 
+class _Released:
+    """The target of a runner whose session is over: nothing reaches the front any more."""
+
+    def in_body(self) -> bool:
+        return False
+
+    def feed_body(self, data: bytes) -> None:
+        pass
+
+    def lineReceived(self, line: bytes) -> None:
+        pass
+
+    def refuse_line(self, error: LineError) -> None:
+        pass
+
+    def answer(self, reply: Reply | None) -> None:
+        pass
+
+    def resetTimeout(self) -> None:  # noqa: N802 (InputTarget's name)
+        pass
+
+    def input_exhausted(self) -> None:
+        pass
+
+
+_RELEASED = _Released()
+
+
 class InputRunner:
     """Runs the client's input in order: one line at a time, body bytes to the relay, and
     nothing while a command waits on the router or the backend (L{start})."""
@@ -225,6 +253,15 @@ class InputRunner:
         self._target = target
         self._phase = phase
         self._output: ClientOutput | None = None
+
+    def release(self) -> None:
+        """The session is over and no reply is awaited: let go of the front.
+
+        The two refer to each other; without this the session's objects wait for the cyclic
+        garbage collector instead of going with their last reference (docs/performance.md).
+        """
+        if self.pending is None:
+            self._target = _RELEASED
 
     def attach(self, transport: _Transport) -> None:
         """Read from C{transport}, and be its producer: its write buffer's bound pauses us."""
@@ -343,3 +380,6 @@ class InputRunner:
             # The client's silence starts now: what it waited for was the gateway.
             self._target.resetTimeout()
             self.run()
+        elif self._phase.current is Phase.CLOSED:
+            # A final dot's reply after the client left: the session's last step.
+            self.release()

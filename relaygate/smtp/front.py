@@ -191,6 +191,12 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
             )
         self._clean_up()
         self.session.emit("smtp", self._reactor.seconds())
+        # The session's helpers refer back to the front; letting go of those links lets
+        # reference counts free the session, not the cyclic collector (docs/performance.md).
+        # The runner keeps its front while a final dot's reply is still awaited.
+        self._greeting.release()
+        self._tls.release()
+        self._runner.release()
 
     def _clean_up(self) -> None:
         """End the session's work: an unfinished message is cut off at the backend, never

@@ -33,6 +33,15 @@ class GreetingDelay:
         if call is not None and call.active():
             call.cancel()
 
+    def release(self) -> None:
+        """The session is over: stop, and let go of the front's C{greet} (it refers back)."""
+        self.stop()
+        self._greet = _no_greeting
+
     def _fire(self) -> None:
         self._call = None
         self._greet()
+
+
+def _no_greeting() -> None:
+    """A released delay's greeting: there is no session to greet any more."""
