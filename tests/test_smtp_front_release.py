@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.smtp.front import SMTPFront
-from tests.smtp_harness import FrontHarness, make_config
+from tests.smtp_harness import BackendEnd, FrontHarness, make_config
 
 
 @contextmanager
@@ -32,17 +32,23 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
+def up_to_the_dot() -> tuple[FrontHarness, BackendEnd]:
+    """A session whose message has been sent, final dot included, with no reply yet."""
+    h = FrontHarness()
+    backend = h.open_transaction()
+    h.send(b"DATA\r\n")
+    backend.reply(b"354 go ahead\r\n")
+    h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    return h, backend
+
+
 class ReleaseTests(SynchronousTestCase):
     """Once over, the session's objects go with their last reference."""
 
     def test_closed_session_is_freed(self) -> None:
         """A whole message, QUIT and the close: the front is freed with the harness."""
         with collector_off():
-            h = FrontHarness()
-            backend = h.open_transaction()
-            h.send(b"DATA\r\n")
-            backend.reply(b"354 go ahead\r\n")
-            h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+            h, backend = up_to_the_dot()
             backend.reply(b"250 2.0.0 queued\r\n")
             h.send(b"QUIT\r\n")
             self.assertIn(b"221 ", h.replies())
@@ -64,11 +70,7 @@ class ReleaseTests(SynchronousTestCase):
         """The client leaves after its final dot: the front waits for the backend's reply,
         records it, and only then is freed."""
         with collector_off():
-            h = FrontHarness()
-            backend = h.open_transaction()
-            h.send(b"DATA\r\n")
-            backend.reply(b"354 go ahead\r\n")
-            h.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+            h, backend = up_to_the_dot()
             h.front.connectionLost(Failure(ConnectionLost()))
             front = weakref.ref(h.front)
             recorded = h.front.session

@@ -57,22 +57,32 @@ class _Writer(Protocol):
         self.states.append((transport._tempDataLen, transport in reactor.getWriters()))
 
 
-class TCPTests(TestCase):
-    """On loopback TCP: what is sent at once, and that order is kept when it is not."""
+class _Loopback(TestCase):
+    """A server on loopback TCP that runs an action on connect, and a client that reads."""
 
-    async def exchange(self, action: Any, expected: int) -> tuple[bytes, list[tuple[int, bool]]]:
+    async def serve(self, action: Any, client: Protocol) -> list[tuple[int, bool]]:
+        """Connect C{client} to a server running C{action}; the server's states after it."""
         states: list[tuple[int, bool]] = []
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(lambda: _Writer(action, states))
         )
         self.addCleanup(port.stopListening)
-        client = _Collect(expected)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
         await endpoint.connect(Factory.forProtocol(lambda: client))
+        return states
+
+    async def exchange(self, action: Any, expected: int) -> tuple[bytes, list[tuple[int, bool]]]:
+        """The first C{expected} bytes the client receives, and the server's states."""
+        client = _Collect(expected)
+        states = await self.serve(action, client)
         received = await client.done
         assert client.transport is not None
         client.transport.loseConnection()
         return received, states
+
+
+class TCPTests(_Loopback):
+    """On loopback TCP: what is sent at once, and that order is kept when it is not."""
 
     async def test_idle_connection_sends_at_once(self) -> None:
         """Nothing is buffered and the socket is not registered for writing."""
@@ -125,26 +135,8 @@ class _Silent(Protocol):
         self.closed.callback(self.received)
 
 
-class TurnTests(TestCase):
+class TurnTests(_Loopback):
     """L{write_soon} on loopback TCP: bytes wait for the turn's end, in order, unregistered."""
-
-    async def serve(self, action: Any, client: Protocol) -> list[tuple[int, bool]]:
-        states: list[tuple[int, bool]] = []
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(lambda: _Writer(action, states))
-        )
-        self.addCleanup(port.stopListening)
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        await endpoint.connect(Factory.forProtocol(lambda: client))
-        return states
-
-    async def exchange(self, action: Any, expected: int) -> tuple[bytes, list[tuple[int, bool]]]:
-        client = _Collect(expected)
-        states = await self.serve(action, client)
-        received = await client.done
-        assert client.transport is not None
-        client.transport.loseConnection()
-        return received, states
 
     async def test_writes_wait_for_the_end_of_the_turn(self) -> None:
         """Two writes of one turn are held in the transport's buffer, unregistered, then sent."""
