@@ -1,11 +1,12 @@
 """The garbage collector's settings for a long-running gateway process.
 
-Each session's objects (front, runner, phase, TLS gate, backend leg, records...) refer to each
-other, so they are freed by the cyclic collector rather than by reference counts. With
-CPython's defaults (a young collection every 700 net allocations) a session outlives several
-young collections, is promoted, and its garbage then waits for full collections, each of which
-walks the whole heap: the modules, Twisted, prometheus-client and the configuration. At
-1 KiB x 50 that was about 9 % of the process's CPU (docs/performance.md, "The third round").
+Objects that refer to each other are freed by the cyclic collector rather than by reference
+counts: an IMAP or POP3 session's, and every SMTP session's until its front learnt to let go
+of its helpers when it closes. With CPython's defaults (a young collection every 700 net
+allocations) such a session outlives several young collections, is promoted, and its garbage
+then waits for full collections, each of which walks the whole heap: the modules, Twisted,
+prometheus-client and the configuration. At 1 KiB x 50 that was about 9 % of the process's
+CPU (docs/performance.md, "The third round").
 
 So, once the reactor runs: the startup heap is collected and frozen (L{gc.freeze}: full
 collections no longer walk it), and young collections come less often, so that a session is
