@@ -76,6 +76,22 @@ class PolicyTests(SynchronousTestCase):
         )
         self.assertEqual(BackendPolicy(proxy_protocol="v2").proxy_preamble(CLIENT, "none"), b"")
 
+    def test_proxy_preamble_asks_for_the_addresses_only_to_send_them(self) -> None:
+        """Given a callable, the policy calls it only when a header is sent."""
+        asked: list[str] = []
+
+        def client() -> ClientAddress:
+            asked.append("asked")
+            return CLIENT
+
+        self.assertEqual(BackendPolicy().proxy_preamble(client), b"")
+        self.assertEqual(asked, [])
+        self.assertEqual(
+            BackendPolicy(proxy_protocol="v1").proxy_preamble(client),
+            b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 1143\r\n",
+        )
+        self.assertEqual(asked, ["asked"])
+
 
 class _Upgrade:
     """A scripted backend answer to STARTTLS; records whether it was asked."""

@@ -32,6 +32,23 @@ class ClientFactsTests(SynchronousTestCase):
         self.assertEqual(facts.label, "::1:40000")
         self.assertIsNone(facts.proxy)
 
+    def test_local_address_asked_once_when_needed(self) -> None:
+        """The socket is asked for the local address only when it is first read, and once."""
+        transport = StringTransport(hostAddress=IPv6Address("TCP", "::1", 25))
+        asked: list[object] = []
+        get_host = transport.getHost
+
+        def counted() -> object:
+            asked.append(1)
+            return get_host()
+
+        transport.getHost = counted  # type: ignore[method-assign,assignment]
+        facts = ClientFacts()
+        facts.learn(transport)
+        self.assertEqual(asked, [])
+        self.assertEqual((facts.local_ip, facts.local_port), ("::1", 25))
+        self.assertEqual(asked, [1])
+
 
 class PathTests(SynchronousTestCase):
     """MAIL and RCPT paths and parameters."""

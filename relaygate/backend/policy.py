@@ -47,14 +47,20 @@ class BackendPolicy:
         """L{tls_for} when C{mode} is C{implicit} (TLS from the first byte), else C{None}."""
         return self.tls_for if mode == "implicit" else None
 
-    def proxy_preamble(self, client: ClientAddress, route_version: str | None = None) -> bytes:
+    def proxy_preamble(
+        self, client: ClientAddress | Callable[[], ClientAddress], route_version: str | None = None
+    ) -> bytes:
         """The PROXY header telling the backend who C{client} is, or C{b""} when not asked for.
 
+        @param client: the addresses, or what gives them (called only when a header is sent:
+            the local address costs a system call).
         @param route_version: the route's C{backend_proxy_protocol}, which wins when given.
         """
         version = route_version or self.proxy_protocol
         if version not in ("v1", "v2"):
             return b""
+        if callable(client):
+            client = client()
         return encode_header(
             version, (client.ip, client.port), (client.local_ip, client.local_port)
         )

@@ -261,8 +261,10 @@ class BackendLeg:
         self.drop()
         settings = self._settings
         facts = self._facts
-        client = ClientAddress(facts.ip, facts.port, facts.local_ip, facts.local_port)
-        preamble = settings.backend.proxy_preamble(client, self._proxy_protocol)
+        preamble = settings.backend.proxy_preamble(
+            lambda: ClientAddress(facts.ip, facts.port, facts.local_ip, facts.local_port),
+            self._proxy_protocol,
+        )
         shareable = self._may_share(preamble)
         if kept and shareable and self._pool is not None:
             backend = self._pool.take((route, tls_mode))

@@ -6,7 +6,8 @@ reaches into the front for them, and this module imports nothing that does I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from twisted.internet.interfaces import ITransport
 
@@ -23,23 +24,41 @@ class ClientFacts:
 
     ip: str = ""
     port: int = 0
-    local_ip: str = ""
-    local_port: int = 0
     label: str = ""
     helo: bytes | None = None
     extended: bool = False
     tls: ClientTLS | None = None
     proxy: ProxyAddresses | None = None
 
+    _host: Callable[[], object] | None = field(default=None, repr=False)
+    _local: tuple[str, int] = field(default=("", 0), repr=False)
+
     def learn(self, transport: ITransport) -> None:
         """Take the addresses from a new connection's transport, and what the listener's
         wrappers know (the PROXY header)."""
-        peer, host = transport.getPeer(), transport.getHost()
+        peer = transport.getPeer()
         self.ip, self.port = str(getattr(peer, "host", "")), int(getattr(peer, "port", 0))
-        self.local_ip = str(getattr(host, "host", ""))
-        self.local_port = int(getattr(host, "port", 0))
+        self._host = transport.getHost
         self.label = f"{self.ip}:{self.port}"
         self.proxy = proxy_addresses(transport)
+
+    @property
+    def local_ip(self) -> str:
+        """The address the client connected to (see L{local_port})."""
+        return self._local_address()[0]
+
+    @property
+    def local_port(self) -> int:
+        """The port the client connected to. Asked of the socket (a system call) only when
+        first needed, by a PROXY header to the backend: most sessions never need it."""
+        return self._local_address()[1]
+
+    def _local_address(self) -> tuple[str, int]:
+        host, self._host = self._host, None
+        if host is not None:
+            address = host()
+            self._local = (str(getattr(address, "host", "")), int(getattr(address, "port", 0)))
+        return self._local
 
 
 @dataclass
