@@ -333,13 +333,19 @@ class InputRunner:
         self.input_ended = True
         self.run()
 
-    def start(self, work: Coroutine[Any, Any, Reply | None], final: bool = False) -> None:
+    def start(
+        self, work: Coroutine[Any, Any, Reply | None] | Deferred[Reply], final: bool = False
+    ) -> None:
         """Run a command that waits (router, backend); later input waits for its reply.
 
+        @param work: the command's reply to come: a coroutine, or a chain of callbacks (the
+            steps every message takes: a coroutine's start and resumption cost more).
         @param final: C{work} is the reply to a final dot, which a close does not cancel.
         """
         self._phase.command_waits(final)
-        done = Deferred.fromCoroutine(work)
+        done: Deferred[Reply | None] = (
+            work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)  # type: ignore[assignment]
+        )
         self.pending = done
         done.addBoth(self._finish)
 

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -538,11 +539,16 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
             return
         self._runner.start(self._data(tx, backend))
 
-    async def _data(self, tx: Transaction, backend: SMTPBackendClient) -> Reply:
+    def _data(self, tx: Transaction, backend: SMTPBackendClient) -> Deferred[Reply]:
         settings, pauses = self._settings, self._runner.pauses
-        opened = await open_message(
+        opened = open_message(
             backend, tx, settings.max_message_size, pauses, self._leg.drop, self.session.client
         )
+        return opened.addCallback(self._opened)
+
+    def _opened(self, opened: MessageRelay | tuple[str, Reply]) -> Reply:
+        """The backend's answer to DATA: the relay is open (its 354 for the client), or the
+        transaction ends with the backend's refusal or a lost connection."""
         if isinstance(opened, tuple):
             outcome, reply = opened
             self._end_transaction(outcome, reply.summary())
@@ -569,9 +575,11 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         if relay is not None:
             relay.abort()
 
-    async def _message_done(self, relay: MessageRelay) -> Reply:
+    def _message_done(self, relay: MessageRelay) -> Deferred[Reply]:
         """The final reply to a message, and its transaction's record."""
-        reply = await relay.final_reply()
+        return relay.final_reply().addCallback(self._message_answered)
+
+    def _message_answered(self, reply: Reply) -> Reply:
         if reply.ok:
             self.session.delivered += 1
         self._end_transaction(outcome(reply), reply.summary())
