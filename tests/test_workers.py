@@ -314,6 +314,16 @@ async def two_worker_setup(case: TestCase) -> tuple[EventLoggingObserver, str, s
     return events, store, path, port
 
 
+async def start_two(case: TestCase, pool: WorkerPool) -> HostPort:
+    """Start C{pool}'s two workers, stop them when the test ends unless it did, and give the
+    address they listen on once both serve."""
+    pool.startService()
+    case.addCleanup(lambda: pool.stopService() if pool.running else None)
+    [(_, address)] = pool.addresses()
+    await DeferredList([pool.started[0], pool.started[1]], fireOnOneErrback=True)
+    return address
+
+
 class WorkerPoolTests(TestCase):
     """Two real worker processes relay mail; a dead one is restarted; stop ends them."""
 
@@ -321,16 +331,7 @@ class WorkerPoolTests(TestCase):
         """Mail goes through the workers before and after one is killed."""
         events, store, path, _ = await two_worker_setup(self)
         pool = WorkerPool(load(path), 2, cast(IParentReactor, reactor))
-        pool.startService()
-        stopped: list[bool] = []
-
-        async def stop() -> None:
-            if not stopped:
-                await pool.stopService()
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-        [(_, address)] = pool.addresses()
-        await DeferredList([pool.started[0], pool.started[1]], fireOnOneErrback=True)
+        address = await start_two(self, pool)
 
         first = transactions_logged(1)
         refused = await deferToThread(send_one, address.port, "one@example.org")
@@ -358,7 +359,6 @@ class WorkerPoolTests(TestCase):
         pool.signal_all("HUP")
         processes = [process for process, _ in pool.workers.values()]
         await pool.stopService()
-        stopped.append(True)
         self.assertEqual(pool.workers, {})
         self.assertEqual(
             [process.reason.type if process.reason else None for process in processes],
@@ -384,16 +384,7 @@ class TextLogPoolTests(TestCase):
         pool = WorkerPool(
             load(path), 2, cast(IParentReactor, reactor), python=python, text_log=text_log
         )
-        pool.startService()
-        stopped: list[bool] = []
-
-        async def stop() -> None:
-            if not stopped:
-                await pool.stopService()
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
-        [(_, address)] = pool.addresses()
-        await DeferredList([pool.started[0], pool.started[1]], fireOnOneErrback=True)
+        address = await start_two(self, pool)
         pids = {number: transport.pid for number, (_, transport) in pool.workers.items()}
 
         logged = out.wait_for(r"smtp session \S+ from \S+ closed: quit\n")
@@ -423,7 +414,6 @@ class TextLogPoolTests(TestCase):
         self.assertEqual(sorted(stderr), [(0, "starting up"), (1, "starting up")])
 
         await pool.stopService()
-        stopped.append(True)
         lines = out.lines()
         for worker in (0, 1):
             # A worker's very last line, written as its reactor stops.
