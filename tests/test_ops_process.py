@@ -12,7 +12,8 @@ import os
 import re
 import signal
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import treq
 from twisted.internet import inotify
@@ -375,26 +376,26 @@ class WorkersTests(TestCase):
         self.assertEqual(await gateway.ended, 0)
 
 
-def count_lines(path: str) -> int:
-    """How many complete lines the file at C{path} holds (0 when it is missing)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
+T = TypeVar("T")
 
 
-def file_lines(path: str, count: int) -> Deferred[None]:
-    """Fires once the file at C{path} holds C{count} lines: inotify reports each write, so the
-    test waits on the worker's own write rather than on a time."""
-    done: Deferred[None] = Deferred()
+def when_file(path: str, found: Callable[[bytes], T | None]) -> Deferred[T]:
+    """Fires with C{found(content)} of the file at C{path} once that is not None (a missing
+    file reads as empty): inotify reports each write, so the test waits on the write itself
+    rather than on a time."""
+    done: Deferred[T] = Deferred()
     watcher = inotify.INotify()
     watcher.startReading()
 
     def check(*_: object) -> None:
-        if not done.called and count_lines(path) >= count:
+        try:
+            with open(path, "rb") as f:
+                result = found(f.read())
+        except FileNotFoundError:
+            result = found(b"")
+        if not done.called and result is not None:
             watcher.loseConnection()
-            done.callback(None)
+            done.callback(result)
 
     watcher.watch(
         FilePath(os.path.dirname(path)),
@@ -405,31 +406,14 @@ def file_lines(path: str, count: int) -> Deferred[None]:
     return done
 
 
+def file_lines(path: str, count: int) -> Deferred[bool]:
+    """Fires once the file at C{path} holds C{count} complete lines."""
+    return when_file(path, lambda data: True if data.count(b"\n") >= count else None)
+
+
 def file_match(path: str, pattern: bytes) -> Deferred[re.Match[bytes]]:
-    """Fires with the first match of C{pattern} in the file at C{path}, once there is one:
-    inotify reports each write, so the test waits on the write itself rather than on a time."""
-    done: Deferred[re.Match[bytes]] = Deferred()
-    compiled = re.compile(pattern)
-    watcher = inotify.INotify()
-    watcher.startReading()
-
-    def check(*_: object) -> None:
-        try:
-            with open(path, "rb") as f:
-                found = compiled.search(f.read())
-        except FileNotFoundError:
-            return
-        if not done.called and found is not None:
-            watcher.loseConnection()
-            done.callback(found)
-
-    watcher.watch(
-        FilePath(os.path.dirname(path)),
-        mask=inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO,
-        callbacks=[check],
-    )
-    check()
-    return done.addTimeout(WAIT, reactor)
+    """Fires with the first match of C{pattern} in the file at C{path}, once there is one."""
+    return when_file(path, re.compile(pattern).search).addTimeout(WAIT, reactor)
 
 
 class TextLogFileTests(TestCase):
