@@ -80,7 +80,6 @@ from relaygate.smtp.session_facts import (
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.starttls import starttls_refusal
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
-from relaygate.write_now import write_soon
 
 _session_ids = itertools.count(1)
 
@@ -352,10 +351,10 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
     # -- replies ------------------------------------------------------------------------
 
     def send_reply(self, reply: Reply) -> None:
-        """Send C{reply} to the client in one write (multi-line replies keep their lines)."""
+        """Send C{reply} to the client in one write (the wrapper's: at the turn's end)."""
         if self._phase.connected:
             assert self.transport is not None
-            write_soon(self.transport, reply.to_wire())
+            self.transport.write(reply.to_wire())
 
     def _protocol_error(self, reply: Reply) -> None:
         """Answer a client mistake; too many of them end the session (nginx's max_errors)."""
