@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+_VISIBLE = bytes(range(33, 127))
+
+
+def visible(value: bytes) -> bool:
+    """True when C{value} is non-empty printable ASCII without spaces (a HELO name, say)."""
+    return bool(value) and not value.translate(None, _VISIBLE)
+
 
 def printable(value: bytes) -> str:
     """Client-supplied bytes as text for log fields (never for the format string)."""

@@ -46,6 +46,7 @@ class TransportWrapper(Protocol):
     wrapped: IProtocol | None = None
     disconnecting = False
     _handshake_done = False
+    _peer: IAddress | None = None
 
     @override
     def makeConnection(self, transport: Any) -> None:
@@ -97,9 +98,12 @@ class TransportWrapper(Protocol):
     # The transport side.
 
     def getPeer(self) -> IAddress:
-        """The peer's address (the real transport's)."""
-        assert self.transport is not None
-        return self.transport.getPeer()
+        """The peer's address: the real transport's, asked once (TCP builds one per call)."""
+        peer = self._peer
+        if peer is None:
+            assert self.transport is not None
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def getHost(self) -> IAddress:
         """Our address (the real transport's)."""

@@ -54,6 +54,14 @@ class GreetingAndHelloTests(SynchronousTestCase):
         h.send(b"EHLO\r\n")
         self.assertEqual(h.replies(), b"501 5.5.4 Syntax: EHLO hostname\r\n")
 
+    def test_helo_name_not_visible_ascii(self) -> None:
+        """A HELO name with a control byte or a byte past ASCII gets 501, like no name at all."""
+        for name in (b"client\x01.test", b"cli\xe9nt.test", b"client\x7f"):
+            h = FrontHarness()
+            h.replies()
+            h.send(b"HELO " + name + b"\r\n")
+            self.assertEqual(h.replies(), b"501 5.5.4 Syntax: EHLO hostname\r\n", name)
+
     def test_local_commands(self) -> None:
         """NOOP, VRFY and HELP are answered by the gateway."""
         h = FrontHarness()

@@ -80,6 +80,7 @@ from relaygate.smtp.session_facts import (
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.starttls import starttls_refusal
 from relaygate.smtp.submission import Answer, Authenticate, Close, Mistake, Outcome, Submission
+from relaygate.text import visible
 
 _session_ids = itertools.count(1)
 
@@ -381,7 +382,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
 
     def _hello(self, rest: bytes, extended: bool) -> None:
         argument = rest.split(None, 1)[0] if rest else b""
-        if not argument or not all(33 <= c < 127 for c in argument):
+        if not visible(argument):
             self._protocol_error(R_HELO_SYNTAX)
             return
         self._end_transaction("reset", "new EHLO/HELO")

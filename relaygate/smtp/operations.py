@@ -63,7 +63,9 @@ class SMTPOperations:
         if self.draining and self._tx is None and self.mode == "COMMAND":
             self.shut_down()
             return
-        super().lineReceived(line)  # type: ignore[misc]
+        # SMTP.lineReceived minus its resetTimeout: the input runner restarts the idle timer
+        # once per read (and when a waiting command resumes), not again for every line.
+        getattr(self, "state_" + self.mode)(line)
 
     def shut_down(self) -> None:
         """C{421 4.3.2 <name> Service shutting down}, and close."""

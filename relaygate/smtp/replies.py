@@ -28,6 +28,9 @@ class Reply:
 
     def to_wire(self) -> bytes:
         """The reply as sent on the wire: C{250-first}, ..., C{250 last}, CRLF after each."""
+        if len(self.lines) == 1:
+            # Nearly every reply of a session: one line, one formatting step.
+            return b"%03d %s\r\n" % (self.code, self.lines[0])
         code = b"%03d" % self.code
         *first, last = self.lines
         return (
