@@ -4,7 +4,7 @@ access log and the greeting delay, with exact replies."""
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
@@ -120,6 +120,21 @@ class TimeoutTests(SynchronousTestCase):
         h.replies()
         h.reactor.advance(20)
         self.assertEqual(h.replies(), b"421 4.4.2 gw.test Error: session time limit exceeded\r\n")
+
+    def test_one_timer_per_session(self) -> None:
+        """Idle and session limits share one timer, which commands do not move; a closed
+        session leaves none behind."""
+        h = FrontHarness()
+        (timer,) = h.reactor.getDelayedCalls()
+        due = timer.getTime()
+        for _ in range(3):
+            h.reactor.advance(1)
+            h.send(b"NOOP\r\n")
+        self.assertEqual(h.reactor.getDelayedCalls(), [timer])
+        self.assertEqual(timer.getTime(), due)
+        h.send(b"QUIT\r\n")
+        h.front.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
 
 
 class MailTests(SynchronousTestCase):

@@ -14,11 +14,12 @@ costs one observer call per transaction, not per chunk.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import UserError
-from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
+from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
@@ -140,6 +141,10 @@ class MeteredReactor:
         self._metrics = metrics
         self._health = health
         directlyProvides(self, *providedBy(reactor))
+        # The reactor's own bound methods, asked for on every command by the sessions'
+        # timers: no Python frame of ours around them, and no __getattr__ on each call.
+        self.seconds: Callable[[], float] = reactor.seconds
+        self.callLater: Callable[..., IDelayedCall] = reactor.callLater
 
     def connectTCP(  # noqa: N802
         self,
@@ -153,10 +158,6 @@ class MeteredReactor:
         timed = _TimedConnect(factory, HostPort(host, port), self)
         connector: IConnector = self._reactor.connectTCP(host, port, timed, timeout, bindAddress)
         return connector
-
-    def seconds(self) -> float:
-        now: float = self._reactor.seconds()
-        return now
 
     def connected(self, target: HostPort, duration: float) -> None:
         self._metrics.backend_connected(duration)

@@ -22,7 +22,6 @@ from service_identity import VerificationError
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IReactorTime,
@@ -38,6 +37,7 @@ from relaygate.backend.connect import connect_with_failover, leg_tls_summary
 from relaygate.backend.errors import BackendError, BackendLost, BackendTLSError
 from relaygate.backend.policy import BackendPolicy, TLSCreatorFor
 from relaygate.connect import set_no_delay
+from relaygate.lazy_timeout import LazyTimeoutMixin
 from relaygate.reactor import IGatewayReactor
 from relaygate.smtp.replies import Reply
 from relaygate.write_now import write_soon
@@ -68,7 +68,7 @@ class BackendInfo:
 
 
 @implementer(IHandshakeListener)
-class SMTPBackendClient(smtp.ESMTPClient):
+class SMTPBackendClient(LazyTimeoutMixin, smtp.ESMTPClient):
     """An SMTP connection to a backend: C{command(line)} returns the reply to that line."""
 
     _log = Logger()
@@ -81,9 +81,8 @@ class SMTPBackendClient(smtp.ESMTPClient):
         super().__init__(secret=None, identity=identity)
         self._clock = clock
         self._reply_timeout = reply_timeout
-        # One timer per connection (see setTimeout): when the reply is due, or None.
-        self._deadline: float | None = None
-        self._timer: IDelayedCall | None = None
+        # One timer per connection (LazyTimeoutMixin): a reply's deadline moves, not the timer.
+        self.timeout_clock = clock
         self._waiters: deque[Deferred[Reply]] = deque()
         self._lost: Failure | None = None
         self.greeting: Deferred[Reply] = Deferred()
@@ -242,44 +241,9 @@ class SMTPBackendClient(smtp.ESMTPClient):
         self.sendError(BackendLost("timed out waiting for the backend's reply"))
 
     @override
-    def setTimeout(self, period: float | None) -> None:  # type: ignore[override]
-        """Expect a reply within C{period} seconds (None: nothing is awaited).
-
-        TimeoutMixin makes a new DelayedCall for each command and cancels it at each reply;
-        here one timer per connection stays armed, and only the deadline moves. When the timer
-        fires early it re-arms itself for what is left.
-        """
-        if period is None:
-            self._deadline = None
-            return
-        self._deadline = self._clock.seconds() + period
-        if self._timer is None:
-            self._timer = self._clock.callLater(period, self._timer_fired)
-
-    @override
-    def resetTimeout(self) -> None:
-        """The backend said something: a pending reply's time starts again (TimeoutMixin's)."""
-        if self._deadline is not None:
-            self._deadline = self._clock.seconds() + self._reply_timeout
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        if self._deadline is None:
-            return
-        left = self._deadline - self._clock.seconds()
-        if left > 0:
-            self._timer = self._clock.callLater(left, self._timer_fired)
-        else:
-            self._deadline = None
-            self.timeoutConnection()
-
-    @override
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         super().connectionLost(reason)
-        self._deadline = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.stop_timeouts()
         self._fail_all(reason)
 
     def _fail_all(self, reason: Failure) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IHandshakeListener,
 )
@@ -34,6 +33,7 @@ from relaygate.connect import (
     set_no_delay,
     set_read_size,
 )
+from relaygate.lazy_timeout import LazyTimeoutMixin
 from relaygate.observe import RecipientOutcome, SessionRecord, TransactionRecord
 from relaygate.policy import Limits, limits_for
 from relaygate.reactor import IGatewayReactor
@@ -86,7 +86,7 @@ _session_ids = itertools.count(1)
 
 
 @implementer(IHandshakeListener, IHalfCloseableProtocol)
-class SMTPFront(SMTPOperations, smtp.ESMTP):
+class SMTPFront(SMTPOperations, LazyTimeoutMixin, smtp.ESMTP):
     """One client session: answers SMTP itself until a RCPT is routed, then relays."""
 
     _log = Logger()
@@ -101,7 +101,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         super().__init__()
         self.host = settings.name
         self.timeout = settings.idle_timeout  # type: ignore[assignment]
-        self.callLater = reactor.callLater  # type: ignore[method-assign,assignment]
+        self.timeout_clock = reactor
         self._settings = settings
         self._router = router
         self._reactor = reactor
@@ -115,7 +115,6 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         self._tls = ClientTLSGate(
             reactor, "smtp", settings.tls_mode, settings.server_tls, self._handshake_expired
         )
-        self._session_timer: IDelayedCall | None = None
         self._greeting = GreetingDelay(reactor, settings.greeting_delay, self._greet)
         self._limits: Limits | None = None
         self._submission = Submission(settings, reactor)
@@ -138,8 +137,10 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
         )
         set_no_delay(transport)
         self._runner.attach(self.raw_transport)
-        self._session_timer = self.callLater(self._settings.session_timeout, self._session_expired)
         delay = bool(self._greeting.delay)
+        if not (delay or self._tls.implicit):
+            self.setTimeout(self.timeout)  # before the session's limit: one timer, armed once
+        self.set_hard_deadline(self._settings.session_timeout, self._session_expired)
         self._phase.connection_made(implicit_tls=self._tls.implicit, delay_greeting=delay)
         if self._tls.implicit:
             # The greeting waits for the handshake (handshakeCompleted): a client whose
@@ -179,9 +180,7 @@ class SMTPFront(SMTPOperations, smtp.ESMTP):
     def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
         self._phase.connection_lost()
         self._runner.pauses.producer = None
-        self.setTimeout(None)
-        if self._session_timer is not None and self._session_timer.active():
-            self._session_timer.cancel()
+        self.stop_timeouts()
         self._greeting.stop()
         self._tls.stop()
         if not self.session.end:
