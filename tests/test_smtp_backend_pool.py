@@ -68,6 +68,48 @@ class BackendPoolTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"QUIT\r\n")
         self.assertIsNone(self.pool.take(ROUTE))
 
+    def test_each_expires_after_its_own_idle_time(self) -> None:
+        """Connections kept at different times, on two routes, each get QUIT C{idle} seconds
+        after they were kept, one pool timer pending at a time."""
+        other = ((BACKEND,), "required")
+        a, a_wire = open_backend(self.clock)
+        b, b_wire = open_backend(self.clock)
+        c, c_wire = open_backend(self.clock)
+        self.pool.give(ROUTE, a)
+        self.clock.advance(0.5)
+        self.pool.give(other, b)
+        self.clock.advance(0.5)
+        self.pool.give(ROUTE, c)
+        for wire in (a_wire, b_wire, c_wire):
+            wire.clear()
+        quits = []
+        for _ in range(4):
+            self.clock.advance(0.5)
+            quits.append(tuple(w.value() == b"QUIT\r\n" for w in (a_wire, b_wire, c_wire)))
+            self.assertLessEqual(len(self.clock.getDelayedCalls()), 1 + 3)
+        # t = 1.5, 2.0, 2.5, 3.0: a (kept at 0) goes at 2, b (0.5) at 2.5, c (1) at 3.
+        self.assertEqual(
+            quits,
+            [
+                (False, False, False),
+                (True, False, False),
+                (True, True, False),
+                (True, True, True),
+            ],
+        )
+        self.assertEqual(len(self.pool), 0)
+
+    def test_sessions_arm_no_timer_each(self) -> None:
+        """Keeping and taking back a connection session after session arms no new timer."""
+        backend, _ = open_backend(self.clock)
+        self.pool.give(ROUTE, backend)
+        pool_timers = set(self.clock.getDelayedCalls())
+        for _ in range(20):
+            self.clock.advance(0.01)
+            self.assertIs(self.pool.take(ROUTE), backend)
+            self.assertTrue(self.pool.give(ROUTE, backend))
+        self.assertEqual(set(self.clock.getDelayedCalls()), pool_timers)
+
     def test_taken_connection_does_not_expire(self) -> None:
         """A connection taken back is no longer timed by the pool."""
         backend, transport = open_backend(self.clock)
@@ -83,6 +125,9 @@ class BackendPoolTests(SynchronousTestCase):
         self.pool.give(ROUTE, gone)
         gone.connectionLost(Failure(ConnectionError("closed by the backend")))
         self.assertIsNone(self.pool.take(ROUTE))
+        self.assertEqual(len(self.pool), 0)
+        # The pool's sweep comes once more, finds nothing and is not armed again.
+        self.clock.advance(10)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_old_connection_is_not_kept(self) -> None:

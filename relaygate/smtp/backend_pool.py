@@ -29,7 +29,7 @@ MAX_IDLE_PER_ROUTE = 64
 @dataclass
 class _Idle:
     backend: SMTPBackendClient
-    expiry: IDelayedCall
+    since: float
 
 
 class BackendPool:
@@ -45,8 +45,13 @@ class BackendPool:
         self._clock = clock
         self._idle_time = idle
         self._max_age = max_age
+        # Each route's list is oldest first: sessions take the newest, the sweep ends the oldest.
         self._idle: dict[Hashable, list[_Idle]] = {}
         self._closed = idle <= 0
+        # One timer for the whole pool, due when the oldest kept connection has been idle long
+        # enough; not one per kept connection, armed at every session's end and cancelled at
+        # the next one's start.
+        self._sweep: IDelayedCall | None = None
 
     @property
     def enabled(self) -> bool:
@@ -58,8 +63,6 @@ class BackendPool:
         kept = self._idle.get(key)
         while kept:
             entry = kept.pop()
-            if entry.expiry.active():
-                entry.expiry.cancel()
             if entry.backend.is_open:
                 if not kept:
                     del self._idle[key]
@@ -76,29 +79,37 @@ class BackendPool:
         kept = self._idle.setdefault(key, [])
         if len(kept) >= MAX_IDLE_PER_ROUTE:
             return False
-        entry = _Idle(backend, self._clock.callLater(self._idle_time, self._expire, key, backend))
-        kept.append(entry)
+        kept.append(_Idle(backend, self._clock.seconds()))
+        if self._sweep is None:
+            self._sweep = self._clock.callLater(self._idle_time, self._expire)
         return True
 
-    def _expire(self, key: Hashable, backend: SMTPBackendClient) -> None:
-        kept = self._idle.get(key, [])
-        for index, entry in enumerate(kept):
-            if entry.backend is backend:
-                del kept[index]
-                break
-        if not kept:
-            self._idle.pop(key, None)
-        backend.close()
+    def _expire(self) -> None:
+        """Close what has been idle for C{idle} seconds; come back when the next one has."""
+        self._sweep = None
+        now = self._clock.seconds()
+        next_due: float | None = None
+        for key, kept in list(self._idle.items()):
+            while kept and kept[0].since + self._idle_time <= now:
+                kept.pop(0).backend.close()
+            if not kept:
+                del self._idle[key]
+                continue
+            due = kept[0].since + self._idle_time
+            next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None:
+            self._sweep = self._clock.callLater(next_due - now, self._expire)
 
     def close(self) -> None:
         """Close every kept connection (with QUIT) and keep none from now on: the listener
         stopped, for a drain, a reload or the end of the process."""
         self._closed = True
+        sweep, self._sweep = self._sweep, None
+        if sweep is not None:
+            sweep.cancel()
         idle, self._idle = self._idle, {}
         for kept in idle.values():
             for entry in kept:
-                if entry.expiry.active():
-                    entry.expiry.cancel()
                 entry.backend.close()
 
     def __len__(self) -> int:
