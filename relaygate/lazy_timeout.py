@@ -5,7 +5,7 @@ also has a hard limit keeps a second timer beside it. Here each limit is a deadl
 that a read just overwrites) and one C{DelayedCall} is armed for the earliest of them; when it
 fires before a deadline that moved later, it re-arms for what is left. A session then costs one
 timer, armed once and cancelled once, however many commands it sends
-(docs/performance.md, "Fewer calls per session").
+(docs/performance.md, "The fourth round").
 """
 
 from __future__ import annotations
