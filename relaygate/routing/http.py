@@ -33,6 +33,7 @@ from typing_extensions import override
 
 from relaygate.addresses import HostPort
 from relaygate.config.auth import AuthConfig
+from relaygate.routing.deadlines import Deadlines
 from relaygate.routing.http_client import HTTPPoolService, new_auth_client
 from relaygate.routing.http_request import (
     AUTH_METHODS,
@@ -228,6 +229,8 @@ class HTTPRouter:
         self._client = client
         self._clock = clock
         self._timeout = config.timeout
+        # Each URL attempt has [auth] timeout seconds to answer, on one timer for them all.
+        self._deadlines = Deadlines(clock, config.timeout)
         self._pass_client_cert = config.pass_client_cert
         host_override: bytes | None = None
         static: list[tuple[bytes, bytes]] = []
@@ -405,6 +408,7 @@ class _Lookup:
 
     __slots__ = (
         "_cancelled",
+        "_deadline",
         "_delayed",
         "_headers",
         "_host_index",
@@ -414,6 +418,7 @@ class _Lookup:
         "_result",
         "_rounds",
         "_router",
+        "_timed_out",
     )
 
     def __init__(self, router: HTTPRouter, headers: Headers, request: AuthRequest) -> None:
@@ -425,6 +430,8 @@ class _Lookup:
         self._host_index = 0
         self._rounds = 0
         self._cancelled = False
+        self._timed_out = False
+        self._deadline = -1
         self._pending: Deferred[Any] | None = None
         self._delayed: IDelayedCall | None = None
         self._result: Deferred[Decision] | None = Deferred(self._cancel)
@@ -466,10 +473,8 @@ class _Lookup:
         except Exception:
             sent = fail()
         sent.addCallback(_read_body)
-        # Cancelling an Agent request fails it with ResponseNeverReceived or the like, not
-        # CancelledError, so addTimeout's default translation would miss it.
-        sent.addTimeout(router._timeout, router._clock, onTimeoutCancel=_timed_out)
         self._pending = sent
+        self._deadline = router._deadlines.watch(self._expire)
         sent.addCallbacks(
             self._answered,
             self._failed,
@@ -478,7 +483,15 @@ class _Lookup:
         )
         sent.addErrback(self._crashed)
 
+    def _expire(self) -> None:
+        """No answer within C{[auth] timeout}: cancel the attempt (L{_failed} reports it)."""
+        pending = self._pending
+        if pending is not None:
+            self._timed_out = True
+            pending.cancel()
+
     def _answered(self, response: IResponse, index: int, target: _Target) -> None:
+        self._router._deadlines.done(self._deadline)
         self._pending = None
         try:
             answer = self._router._answered(index, target, response, self._request)
@@ -495,7 +508,12 @@ class _Lookup:
             self._fire(answer)
 
     def _failed(self, failure: Failure, index: int, target: _Target) -> None:
+        self._router._deadlines.done(self._deadline)
         self._pending = None
+        if self._timed_out:
+            # Cancelling an Agent request fails it with ResponseNeverReceived or the like.
+            self._timed_out = False
+            failure = Failure(TimeoutError(f"no answer within {self._router._timeout} seconds"))
         if self._cancelled:
             return
         if failure.check(CancelledError):
@@ -542,13 +560,6 @@ class _Lookup:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
-
-
-def _timed_out(result: IResponse | Failure, timeout: float | None) -> IResponse:
-    """Report a timed-out attempt as L{TimeoutError}, whatever the cancelled request raised."""
-    if isinstance(result, Failure):
-        raise TimeoutError(f"no answer within {timeout} seconds")
-    return result
 
 
 def _last(headers: Headers, name: bytes) -> bytes | None:
