@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from relaygate.smtp.backend import SMTPBackendClient
-from relaygate.smtp.backend_pool import LARGE_BODY, MAX_IDLE_PER_ROUTE, BackendPool
+from relaygate.smtp.backend_pool import MAX_IDLE_PER_ROUTE, BackendPool
 from tests.peers import start_backend, start_relay
 from tests.smtp_harness import BACKEND, BackendEnd, FrontHarness, make_config
 from tests.test_smtp_relay import (
@@ -228,28 +228,6 @@ class KeptConnectionTests(SynchronousTestCase):
         self.assertTrue(second.replies().endswith(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"))
         deliver(second)
         self.assertTrue(second.replies().endswith(b"354 go ahead\r\n250 2.0.0 Ok: queued\r\n"))
-
-    def test_announced_large_message_connects_anew(self) -> None:
-        """A MAIL with C{SIZE=} of L{LARGE_BODY} or more does not take the kept connection: a
-        new one is made, and the kept one stays for the next session."""
-        first = self.finished_session()
-        second = next_session(first)
-        second.send(
-            b"EHLO other.test\r\nMAIL FROM:<b@example.net> SIZE=%d\r\nRCPT TO:<c@example.org>\r\n"
-            % LARGE_BODY
-        )
-        self.assertEqual(len(first.reactor.tcpClients), 2)
-        self.assertEqual(first.backends[0].received(), b"")
-        self.assertEqual(len(first.factory.backend_pool), 1)
-
-    def test_announced_small_message_carries_on(self) -> None:
-        """A C{SIZE=} just under L{LARGE_BODY} takes the kept connection, with its MAIL as sent."""
-        first = self.finished_session()
-        second = next_session(first)
-        mail = b"MAIL FROM:<b@example.net> SIZE=%d\r\n" % (LARGE_BODY - 1)
-        second.send(b"EHLO other.test\r\n" + mail + b"RCPT TO:<c@example.org>\r\n")
-        self.assertEqual(len(first.reactor.tcpClients), 1)
-        self.assertEqual(first.backends[0].received(), mail + b"RCPT TO:<c@example.org>\r\n")
 
     def test_kept_connection_idle_too_long_gets_quit(self) -> None:
         """After C{backend_connection_cache} seconds the kept connection says QUIT."""

@@ -33,7 +33,7 @@ from relaygate.reactor import IGatewayReactor
 from relaygate.routing.router import Accept, AuthRequest, Refuse, Router, RouterUnavailable
 from relaygate.smtp.auth_replies import R_BACKEND_LOGIN, backend_plain
 from relaygate.smtp.backend import SMTPBackendClient, connect_smtp_backend
-from relaygate.smtp.backend_pool import LARGE_BODY, BackendPool
+from relaygate.smtp.backend_pool import BackendPool
 from relaygate.smtp.replies import (
     R_AUTH_SERVICE,
     R_BACKEND_DOWN,
@@ -44,7 +44,7 @@ from relaygate.smtp.replies import (
     R_OTHER_BACKEND,
     Reply,
 )
-from relaygate.smtp.session_facts import ClientFacts, Transaction, size_param
+from relaygate.smtp.session_facts import ClientFacts, Transaction
 from relaygate.smtp.settings import SMTPSettings
 from relaygate.smtp.submission import BackendLoginRefused, Submission
 from relaygate.smtp.xclient import R_XCLIENT_TOO_LONG, XClientTooLong, xclient_commands
@@ -153,10 +153,7 @@ class BackendLeg:
                 mode = self._settings.backend.tls_mode(decision.backend_tls)
                 self._proxy_protocol = decision.backend_proxy_protocol
                 mail_command = b"MAIL FROM:" + tx.sender + (b" " + tx.params if tx.params else b"")
-                # A message announced as large gets a new connection (backend_pool.LARGE_BODY).
-                size = size_param(tx.params)
-                small = size is None or size < LARGE_BODY
-                backend = await self.backend_for(decision.backends, mode, kept=small)
+                backend = await self.backend_for(decision.backends, mode)
                 try:
                     reply = await self._open_transaction(tx, backend, mail_command, rcpt_command)
                 except BackendLost as e:

@@ -25,13 +25,6 @@ from relaygate.smtp.backend import SMTPBackendClient
 MAX_IDLE_PER_ROUTE = 64
 """Idle connections kept per route; past that, a session ending closes its own."""
 
-LARGE_BODY = 256 * 1024
-"""A MAIL that announces this many bytes or more (C{SIZE=}) gets a new connection, not a kept
-one: a kept connection has carried commands and replies, and the backend's kernel then delays
-its ACKs (TCP's interactive mode), so a large body there waited about 4 ms for its final reply;
-a new connection starts with quick ACKs (docs/performance.md, "The fourth round"). Clients
-that announce no size keep using kept connections."""
-
 
 @dataclass
 class _Idle:
