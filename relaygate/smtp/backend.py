@@ -79,7 +79,6 @@ class SMTPBackendClient(LazyTimeoutMixin, smtp.ESMTPClient):
 
     def __init__(self, identity: bytes, clock: IReactorTime, reply_timeout: float) -> None:
         super().__init__(secret=None, identity=identity)
-        self._clock = clock
         self._reply_timeout = reply_timeout
         # One timer per connection (LazyTimeoutMixin): a reply's deadline moves, not the timer.
         self.timeout_clock = clock
@@ -102,7 +101,7 @@ class SMTPBackendClient(LazyTimeoutMixin, smtp.ESMTPClient):
         peer = self.transport.getPeer()
         self.info.address = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         set_no_delay(self.transport)
-        self.connected_at = self._clock.seconds()
+        self.connected_at = self.timeout_clock.seconds()
         # Every code is "expected": the front, not a state table, decides what a reply means.
         self._expected = range(0, 1000)  # type: ignore[assignment]
         self._okresponse = self._failresponse = self._reply_received

@@ -138,20 +138,18 @@ class SMTPFront(SMTPOperations, LazyTimeoutMixin, smtp.ESMTP):
         set_no_delay(transport)
         self._runner.attach(self.raw_transport)
         delay = bool(self._greeting.delay)
-        if not (delay or self._tls.implicit):
-            self.setTimeout(self.timeout)  # before the session's limit: one timer, armed once
-        self.set_hard_deadline(self._settings.session_timeout, self._session_expired)
         self._phase.connection_made(implicit_tls=self._tls.implicit, delay_greeting=delay)
         if self._tls.implicit:
             # The greeting waits for the handshake (handshakeCompleted): a client whose
             # certificate is refused gets nginx's reply instead of it.
             self._tls.await_handshake()
             self.setTimeout(self.timeout)
-            return
-        if delay:
+        elif delay:
             self._greeting.start()
-            return
-        super().connectionMade()
+        else:
+            super().connectionMade()
+        # After the idle timer (when there is one yet): the session's limit shares its timer.
+        self.set_hard_deadline(self._settings.session_timeout, self._session_expired)
 
     def _greet(self) -> None:
         if self._phase.current is Phase.GREETING:
