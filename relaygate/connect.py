@@ -8,6 +8,8 @@ implicit TLS are layered the same way everywhere.
 from __future__ import annotations
 
 import ipaddress
+import socket
+from typing import cast
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.endpoints import (
@@ -20,6 +22,7 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorTCP,
     IStreamClientEndpoint,
+    ISystemHandle,
     ITCPTransport,
 )
 
@@ -106,3 +109,27 @@ def set_read_size(transport: object, size: int) -> None:
     connection = _socket_connection(transport)
     if connection is not None:
         connection.bufferSize = size
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def ack_promptly(transport: object) -> None:
+    """Take the socket under C{transport} out of the kernel's delayed-ACK ("ping-pong") mode.
+
+    A client with Nagle's algorithm on (Postfix's C{smtp-source}, many MTAs) holds the end of a
+    message body until its last short segment is acknowledged. On a connection Linux has seen
+    answer request by request, that ACK waits for the delayed-ACK timer: 40 ms a message, at
+    random, for about one 1 MiB message in five (bench: 1 MiB x 1 at 0.7x nginx's rate). Out of
+    that mode the kernel acknowledges a read that empties the socket's buffer at once. Sending
+    puts the socket back in the mode, so this is for after the last reply before a body.
+    Linux only (C{TCP_QUICKACK}); elsewhere, and on a closed socket, it does nothing.
+    """
+    connection = _socket_connection(transport)
+    if connection is None or _TCP_QUICKACK is None:
+        return
+    try:
+        handle = cast(socket.socket, ISystemHandle(connection).getHandle())
+        handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except OSError:
+        pass

@@ -8,7 +8,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.connect import DEFAULT_READ_SIZE, RELAY_BUFFER_SIZE
-from relaygate.smtp import front
+from relaygate.smtp import data_relay, front
 from tests.smtp_harness import FrontHarness, make_config
 
 
@@ -43,6 +43,29 @@ class DataRelayTests(SynchronousTestCase):
         self.assertEqual(sizes, [(h.client, RELAY_BUFFER_SIZE)])
         h.send(b"body\r\n.\r\nNOOP\r\n")
         self.assertEqual(sizes, [(h.client, RELAY_BUFFER_SIZE), (h.client, DEFAULT_READ_SIZE)])
+
+    def test_acks_promptly_once_the_body_starts(self) -> None:
+        """The client's socket leaves delayed-ACK mode at each message's first body bytes (the
+        354 is out by then, and nothing is sent until the dot's reply), once per message."""
+        calls: list[object] = []
+        self.patch(data_relay, "ack_promptly", calls.append)
+        h = FrontHarness()
+        backend = h.open_transaction()
+        h.send(b"DATA\r\n")
+        backend.reply(b"354 go\r\n")
+        self.assertEqual(calls, [])
+        h.send(b"Subject: one\r\n")
+        self.assertEqual(calls, [h.client])
+        h.send(b"\r\nbody\r\n")
+        h.send(b".\r\n")
+        backend.reply(b"250 2.0.0 Ok\r\n")
+        self.assertEqual(calls, [h.client])
+        h.send(b"MAIL FROM:<from@example.net>\r\nRCPT TO:<rcpt@example.org>\r\nDATA\r\n")
+        backend.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n")
+        self.assertEqual(calls, [h.client])
+        h.send(b"two\r\n.\r\n")
+        self.assertEqual(calls, [h.client, h.client])
+        self.assertIn(b"two\r\n.\r\n", backend.received())
 
     def test_backend_final_refusal(self) -> None:
         """A backend 554 after the dot is the client's reply; never a 2xx."""

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from relaygate.backend.errors import BackendError
+from relaygate.connect import ack_promptly
 from relaygate.smtp.backend import SMTPBackendClient
 from relaygate.smtp.client_input import BackendPauses, ReadPauses
 from relaygate.smtp.data import BodyFault, BodyScanner
@@ -92,6 +93,7 @@ class MessageRelay:
         self._pauses = pauses
         self._drop_backend = drop_backend
         self._client = client
+        self._first_read = True
 
     def start(self) -> None:
         """Let the backend's transport pause the client's reads while it is full."""
@@ -100,6 +102,10 @@ class MessageRelay:
 
     def feed(self, data: bytes) -> bytes | None:
         """Pass body bytes on to the backend; at end-of-data return the bytes after the dot."""
+        if self._first_read:
+            # The 354 is out and the client only sends until its final dot.
+            self._first_read = False
+            ack_promptly(self._pauses.producer)
         chunk = self.scanner.feed(data)
         backend = self.backend
         if backend is not None:
