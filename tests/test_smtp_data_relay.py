@@ -46,7 +46,8 @@ class DataRelayTests(SynchronousTestCase):
 
     def test_acks_promptly_once_the_body_starts(self) -> None:
         """The client's socket leaves delayed-ACK mode at each message's first body bytes (the
-        354 is out by then, and nothing is sent until the dot's reply), once per message."""
+        354 is out by then, and nothing is sent until the dot's reply), once per message, when
+        more of the body is to come."""
         calls: list[object] = []
         self.patch(data_relay, "ack_promptly", calls.append)
         h = FrontHarness()
@@ -63,9 +64,23 @@ class DataRelayTests(SynchronousTestCase):
         h.send(b"MAIL FROM:<from@example.net>\r\nRCPT TO:<rcpt@example.org>\r\nDATA\r\n")
         backend.reply(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n")
         self.assertEqual(calls, [h.client])
-        h.send(b"two\r\n.\r\n")
+        h.send(b"two\r\n")
         self.assertEqual(calls, [h.client, h.client])
+        h.send(b".\r\n")
         self.assertIn(b"two\r\n.\r\n", backend.received())
+
+    def test_no_prompt_ack_for_a_body_whole_in_one_read(self) -> None:
+        """A small message whose first read already holds its final dot asks nothing of the
+        socket: nothing more is coming to acknowledge."""
+        calls: list[object] = []
+        self.patch(data_relay, "ack_promptly", calls.append)
+        h = FrontHarness()
+        backend = h.open_transaction()
+        h.send(b"DATA\r\n")
+        backend.reply(b"354 go\r\n")
+        h.send(b"Subject: small\r\n\r\nbody\r\n.\r\n")
+        self.assertEqual(calls, [])
+        self.assertIn(b"body\r\n.\r\n", backend.received())
 
     def test_backend_final_refusal(self) -> None:
         """A backend 554 after the dot is the client's reply; never a 2xx."""

@@ -102,11 +102,13 @@ class MessageRelay:
 
     def feed(self, data: bytes) -> bytes | None:
         """Pass body bytes on to the backend; at end-of-data return the bytes after the dot."""
-        if self._first_read:
-            # The 354 is out and the client only sends until its final dot.
-            self._first_read = False
-            ack_promptly(self._pauses.producer)
         chunk = self.scanner.feed(data)
+        if self._first_read:
+            self._first_read = False
+            if chunk.rest is None:
+                # More of the body is coming, and the client only sends until its final dot
+                # (the 354 is out). A body whole in its first read needs no prompt ACK.
+                ack_promptly(self._pauses.producer)
         backend = self.backend
         if backend is not None:
             if self.scanner.fault is not None or not backend.is_open:
