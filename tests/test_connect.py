@@ -27,13 +27,18 @@ class _Wrapper:
 class SocketSettingsTests(SynchronousTestCase):
     """Nagle off and the read size, on the connection that owns the socket."""
 
-    def connection(self) -> tuple[tcp.Connection, socket.socket]:
+    def sockets(self) -> tuple[socket.socket, socket.socket]:
+        """A connected loopback pair: the client's socket and the server's."""
         listener = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(listener.close)
         client = socket.create_connection(listener.getsockname())
         self.addCleanup(client.close)
         server, _ = listener.accept()
         self.addCleanup(server.close)
+        return client, server
+
+    def connection(self) -> tuple[tcp.Connection, socket.socket]:
+        _, server = self.sockets()
         return tcp.Connection(server, Protocol(), reactor), server
 
     def test_no_delay_through_wrappers(self) -> None:
@@ -68,12 +73,7 @@ class SocketSettingsTests(SynchronousTestCase):
         quickack = getattr(socket, "TCP_QUICKACK", None)
         if quickack is None:
             raise SkipTest("TCP_QUICKACK is Linux's")
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        client = socket.create_connection(listener.getsockname())
-        self.addCleanup(client.close)
-        server, _ = listener.accept()
-        self.addCleanup(server.close)
+        client, server = self.sockets()
         for _ in range(4):
             client.sendall(b"NOOP\r\n")
             self.assertEqual(server.recv(64), b"NOOP\r\n")

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from relaygate.connect import DEFAULT_READ_SIZE, RELAY_BUFFER_SIZE
 from relaygate.smtp import data_relay, front
-from tests.smtp_harness import FrontHarness, make_config
+from tests.smtp_harness import BackendEnd, FrontHarness, make_config
 
 
 class DataRelayTests(SynchronousTestCase):
@@ -44,16 +44,22 @@ class DataRelayTests(SynchronousTestCase):
         h.send(b"body\r\n.\r\nNOOP\r\n")
         self.assertEqual(sizes, [(h.client, RELAY_BUFFER_SIZE), (h.client, DEFAULT_READ_SIZE)])
 
-    def test_acks_promptly_once_the_body_starts(self) -> None:
-        """The client's socket leaves delayed-ACK mode at each message's first body bytes (the
-        354 is out by then, and nothing is sent until the dot's reply), once per message, when
-        more of the body is to come."""
+    def at_body(self) -> tuple[FrontHarness, BackendEnd, list[object]]:
+        """A session at its first message's body (the backend's 354 relayed), and the
+        transports L{data_relay.ack_promptly} is called with from then on."""
         calls: list[object] = []
         self.patch(data_relay, "ack_promptly", calls.append)
         h = FrontHarness()
         backend = h.open_transaction()
         h.send(b"DATA\r\n")
         backend.reply(b"354 go\r\n")
+        return h, backend, calls
+
+    def test_acks_promptly_once_the_body_starts(self) -> None:
+        """The client's socket leaves delayed-ACK mode at each message's first body bytes (the
+        354 is out by then, and nothing is sent until the dot's reply), once per message, when
+        more of the body is to come."""
+        h, backend, calls = self.at_body()
         self.assertEqual(calls, [])
         h.send(b"Subject: one\r\n")
         self.assertEqual(calls, [h.client])
@@ -72,12 +78,7 @@ class DataRelayTests(SynchronousTestCase):
     def test_no_prompt_ack_for_a_body_whole_in_one_read(self) -> None:
         """A small message whose first read already holds its final dot asks nothing of the
         socket: nothing more is coming to acknowledge."""
-        calls: list[object] = []
-        self.patch(data_relay, "ack_promptly", calls.append)
-        h = FrontHarness()
-        backend = h.open_transaction()
-        h.send(b"DATA\r\n")
-        backend.reply(b"354 go\r\n")
+        h, backend, calls = self.at_body()
         h.send(b"Subject: small\r\n\r\nbody\r\n.\r\n")
         self.assertEqual(calls, [])
         self.assertIn(b"body\r\n.\r\n", backend.received())
