@@ -117,10 +117,11 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 def ack_promptly(transport: object) -> None:
     """Take the socket under C{transport} out of the kernel's delayed-ACK ("ping-pong") mode.
 
-    A client with Nagle's algorithm on (Postfix's C{smtp-source}, many MTAs) holds the end of a
-    message body until its last short segment is acknowledged. On a connection Linux has seen
-    answer request by request, that ACK waits for the delayed-ACK timer: 40 ms a message, at
-    random, for about one 1 MiB message in five (bench: 1 MiB x 1 at 0.7x nginx's rate). Out of
+    A client with Nagle's algorithm on (Postfix's C{smtp-source}, many MTAs) holds a short
+    segment while an earlier short one is unacknowledged, so the end of a message body can wait
+    for an ACK. On a connection Linux has seen answer request by request, that ACK waits for the
+    delayed-ACK timer: 40 ms, at random, for about one 1 MiB message in five (bench: 1 MiB x 1
+    went from 0.7x nginx's rate to 2.3-3.5x, docs/performance.md "The fifth round"). Out of
     that mode the kernel acknowledges a read that empties the socket's buffer at once. Sending
     puts the socket back in the mode, so this is for after the last reply before a body.
     Linux only (C{TCP_QUICKACK}); elsewhere, and on a closed socket, it does nothing.
