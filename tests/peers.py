@@ -317,6 +317,7 @@ class _BackendProtocol(Protocol):
         if self._dropped:
             return
         self.session.received += data
+        self.backend._received_more()
         old = len(self._buffer)
         self._buffer += data
         while not self._dropped:
@@ -416,6 +417,7 @@ class ScriptedBackend(Factory):
         self.port = 0
         self._open: set[_BackendProtocol] = set()
         self._message_waiters: list[Deferred[bytes]] = []
+        self._bytes_waiters: list[tuple[bytes, Deferred[None]]] = []
 
     @override
     def buildProtocol(self, addr: Any) -> _BackendProtocol:
@@ -436,6 +438,22 @@ class ScriptedBackend(Factory):
         waiter: Deferred[bytes] = Deferred()
         self._message_waiters.append(waiter)
         return waiter
+
+    def bytes_arrived(self, data: bytes) -> Deferred[None]:
+        """Fires once one connection has received C{data} (anywhere in what it carried)."""
+        waiter: Deferred[None] = Deferred()
+        self._bytes_waiters.append((data, waiter))
+        self._received_more()
+        return waiter
+
+    def _received_more(self) -> None:
+        waiting = []
+        for data, waiter in self._bytes_waiters:
+            if any(data in session.received for session in self.sessions):
+                waiter.callback(None)
+            else:
+                waiting.append((data, waiter))
+        self._bytes_waiters = waiting
 
     def _message_done(self, message: bytes) -> None:
         waiters, self._message_waiters = self._message_waiters, []

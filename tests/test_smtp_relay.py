@@ -16,8 +16,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import reactor as _global_reactor
+from twisted.internet import tcp
+from twisted.internet.address import IPv4Address
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from typing_extensions import override
 
 from relaygate.addresses import HostPort
@@ -25,6 +28,7 @@ from relaygate.config.load import load
 from relaygate.config.model import Config
 from tests.authservice import AuthService, hang, ok_to, refuse, start_auth_service
 from tests.peers import (
+    RawClient,
     Relay,
     ScriptedBackend,
     SmtpSink,
@@ -41,6 +45,7 @@ from tests.peers import (
     unstuff,
 )
 
+reactor: Any = _global_reactor
 ETC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "etc")
 Replies = list[tuple[int, bytes]]
 
@@ -659,6 +664,50 @@ class LargeMessageTests(TestCase):
             hashlib.sha256(stored.content).digest(),
             hashlib.sha256(message.replace(b"\r\n", b"\n")).digest(),
         )
+
+
+class PromptAckTests(TestCase):
+    """A message body is acknowledged promptly on the real stack (listener, wrappers, front)."""
+
+    async def test_the_clients_socket_leaves_delayed_ack_mode_during_the_body(self) -> None:
+        """After the command rounds the kernel delays ACKs on the gateway's socket to the client
+        (C{TCP_QUICKACK} reads 0); once the first body bytes reached the backend it no longer
+        does, so a client whose Nagle holds the body's end is not left waiting 40 ms."""
+        quickack = getattr(socket, "TCP_QUICKACK", None)
+        if quickack is None:
+            raise SkipTest("TCP_QUICKACK is Linux's")
+        backend = await start_backend(self)
+        relay = await start_relay(self, config_text(route("*", backend.port)))
+        client = await connect_raw(self, relay.port)
+        for command in (b"EHLO client.test", b"MAIL FROM:<a@client.test>", b"RCPT TO:<b@x.ex>"):
+            [reply] = await client.exchange(command + b"\r\n")
+            self.assertTrue(reply.startswith(b"250"), reply)
+        self.assertEqual(
+            await client.exchange(b"DATA\r\n"), [b"354 End data with <CR><LF>.<CR><LF>"]
+        )
+        gateway = gateway_socket(client)
+        if gateway.getsockopt(socket.IPPROTO_TCP, quickack) != 0:
+            raise SkipTest("this kernel did not judge the session interactive")
+        first = b"Subject: prompt\r\n\r\n" + b"y" * 998 + b"\r\n"
+        arrived = backend.bytes_arrived(first)
+        client.send(first)
+        await arrived
+        self.assertEqual(gateway.getsockopt(socket.IPPROTO_TCP, quickack), 1)
+        self.assertEqual(await client.exchange(b".\r\n"), [b"250 2.0.0 Ok: queued"])
+        self.assertEqual(backend.messages, [first])
+
+
+def gateway_socket(client: RawClient) -> socket.socket:
+    """The gateway's own socket of C{client}'s connection (the reactor reads from it)."""
+    assert client.transport is not None
+    host = client.transport.getHost()
+    assert isinstance(host, IPv4Address)
+    [server] = [
+        reader
+        for reader in reactor.getReaders()
+        if isinstance(reader, tcp.Server) and reader.getPeer().port == host.port
+    ]
+    return server.getHandle()
 
 
 class LimitTests(TestCase):
